@@ -1,0 +1,81 @@
+//! The toa eBPF programs.
+//!
+//! - `toa_capture` (sock_ops): takes the real client from the TCP option of the
+//!   handshake's final ACK into per-socket storage.
+//! - `toa_getpeername4` / `toa_getpeername6` (cgroup/getpeername*): present it
+//!   to `getpeername()` and `accept()`.
+//! - `toa_inject` (sock_ops): the client-side writer a forwarder drives.
+//!
+//! Entry points are one-liners; the logic lives in one module per hook and the
+//! decisions in `toa-common`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod capture;
+#[cfg(target_arch = "bpf")]
+mod counters;
+#[cfg(target_arch = "bpf")]
+mod inject;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod present;
+#[cfg(target_arch = "bpf")]
+mod sock_ops;
+
+#[cfg(target_arch = "bpf")]
+mod entry {
+    use aya_ebpf::{
+        macros::{cgroup_sock_addr, sock_ops},
+        programs::{SockAddrContext, SockOpsContext},
+    };
+
+    use crate::{capture, inject, present, sock_ops::Ops};
+
+    /// sock_ops verdict: carry on.
+    const SOCK_OPS_OK: u32 = 1;
+    /// cgroup/getpeername verdict: allow the call.
+    const ALLOW: i32 = 1;
+
+    #[sock_ops]
+    pub fn toa_capture(ctx: SockOpsContext) -> u32 {
+        capture::on_sock_op(&Ops::new(&ctx));
+        SOCK_OPS_OK
+    }
+
+    #[sock_ops]
+    pub fn toa_inject(ctx: SockOpsContext) -> u32 {
+        inject::on_sock_op(&Ops::new(&ctx));
+        SOCK_OPS_OK
+    }
+
+    #[cgroup_sock_addr(getpeername4)]
+    pub fn toa_getpeername4(ctx: SockAddrContext) -> i32 {
+        present::getpeername4(&ctx);
+        ALLOW
+    }
+
+    #[cgroup_sock_addr(getpeername6)]
+    pub fn toa_getpeername6(ctx: SockAddrContext) -> i32 {
+        present::getpeername6(&ctx);
+        ALLOW
+    }
+}
+
+#[cfg(all(target_arch = "bpf", not(test)))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program that could reach a panic.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// The programs only exist for the BPF target; this keeps host builds of the
+/// workspace (clippy, tests) working.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

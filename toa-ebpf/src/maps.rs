@@ -1,0 +1,44 @@
+//! Every map of the object, with who writes and who reads it.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, PerCpuArray, SkStorage},
+    macros::btf_map,
+};
+use toa_common::{
+    Formats, PeerRecord,
+    counters::COUNTER_COUNT,
+    inject::{InjectSpec, InjectState},
+};
+
+/// Real client per socket. Written by `toa_capture` when an accepted option
+/// arrives; read by the getpeername programs and `toa table`; deleted by
+/// `toa_capture` when the connection reaches CLOSE (or freed with the socket).
+#[btf_map]
+pub static TOA_PEERS: SkStorage<PeerRecord> = SkStorage::new();
+
+/// Counters, index = `toa_common::counters::Counter`. Incremented by every
+/// program; read (summed over CPUs) by `toa stats`. Lives as long as its pin.
+#[btf_map]
+pub static TOA_COUNTERS: PerCpuArray<u64, { COUNTER_COUNT as usize }> = PerCpuArray::new();
+
+/// Receiver settings at index 0: the accepted formats. Written by the agent
+/// before it attaches anything; read by `toa_capture` on every handshake.
+#[btf_map]
+pub static TOA_CONFIG: Array<Formats, 1> = Array::new();
+
+/// Writer targets by socket cookie; key 0 applies to every socket of the
+/// cgroup. Written by userspace (`toa inject`, the proxy) before `connect()`;
+/// read by `toa_inject` at TCP_CONNECT_CB; removed by userspace after connect.
+#[btf_map]
+pub static TOA_INJECT_TARGETS: HashMap<u64, InjectSpec, 65536> = HashMap::new();
+
+/// Writer state per socket, created by `toa_inject` at TCP_CONNECT_CB for
+/// sockets with a target and freed with the socket.
+#[btf_map]
+pub static TOA_INJECT_STATE: SkStorage<InjectState> = SkStorage::new();
+
+/// The raw map pointer helpers such as `bpf_sk_storage_get` take.
+#[inline(always)]
+pub fn raw<T>(map: &T) -> *mut core::ffi::c_void {
+    core::ptr::from_ref(map).cast_mut().cast()
+}

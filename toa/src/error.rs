@@ -1,0 +1,120 @@
+//! Library errors. Each message says what failed and, where it can, what to do.
+
+use std::{io, path::PathBuf};
+
+/// Result with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller lacks privileges.
+    #[error("toa must run as root (it loads eBPF programs and attaches them to cgroups)")]
+    NotRoot,
+    /// The kernel exposes no BTF.
+    #[error("the kernel has no BTF ({path} is missing); toa needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    NoBtf {
+        /// The BTF path looked at.
+        path: PathBuf,
+    },
+    /// No cgroup v2 hierarchy is mounted.
+    #[error(
+        "no cgroup v2 hierarchy is mounted (none in /proc/mounts); mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`"
+    )]
+    NoCgroup2,
+    /// A cgroup path given by the user is not a cgroup v2 directory.
+    #[error("{path} is not a cgroup v2 directory (under {root})")]
+    NotACgroup {
+        /// The path given.
+        path: PathBuf,
+        /// The cgroup v2 mount point.
+        root: PathBuf,
+    },
+    /// Another agent holds the lock.
+    #[error("another toa agent is already running ({holder}; lock {lock}); stop it first")]
+    AlreadyRunning {
+        /// Who holds it (pid).
+        holder: String,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// No agent state is pinned where we looked.
+    #[error("no toa agent is running ({path} does not exist); start one with `toa agent`")]
+    NotRunning {
+        /// The pin looked for.
+        path: PathBuf,
+    },
+    /// A file-system or system-call failure.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// A program is missing from the embedded object.
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    /// A map is missing from the embedded object.
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    /// Loading the object failed.
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// Loading, attaching or pinning a program failed.
+    #[error("program {name}: {source}")]
+    Program {
+        /// The program.
+        name: &'static str,
+        /// The error.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// Turning a link into a pinnable one failed.
+    #[error("link of program {name}: {source}")]
+    Link {
+        /// The program.
+        name: &'static str,
+        /// The error.
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    /// Pinning failed.
+    #[error("pinning {path}: {source}")]
+    Pin {
+        /// The pin path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: aya::pin::PinError,
+    },
+    /// A map operation failed.
+    #[error("map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// The error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A bad value given by the user.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// An [`Error::Io`] builder.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { op, path, source }
+    }
+
+    /// Whether the error comes from what the user asked for (exit code 2)
+    /// rather than from the system.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::NotACgroup { .. } | Error::Invalid(_))
+    }
+}

@@ -1,0 +1,22 @@
+//! toa: TCP Option Address with eBPF.
+//!
+//! A FullNAT forwarder puts the real client address into a TCP option; the
+//! agent's eBPF programs take it from the handshake and make `getpeername()`
+//! and `accept()` return it, so unmodified servers see their real clients.
+//!
+//! The CLI (`toa`) is a thin layer over this library:
+//! [`agent`] loads, attaches and pins the receiver; [`stats`] reads its
+//! counters; [`inject`] drives the client-side option writer.
+
+pub mod agent;
+pub mod ebpf;
+pub mod error;
+pub mod inject;
+pub mod lock;
+pub mod paths;
+pub mod programs;
+pub mod signals;
+pub mod stats;
+pub mod system;
+
+pub use error::{Error, Result};
