@@ -207,3 +207,15 @@ pub fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// What bpftool says is attached to a cgroup (its own attachments only).
+pub fn attached_to(cgroup: &Path) -> String {
+    let out = run_in(None, None, &["bpftool", "cgroup", "show", &cgroup.to_string_lossy()]);
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The non-empty lines a process printed on stderr.
+pub fn stderr_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+}
