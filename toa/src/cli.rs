@@ -36,6 +36,8 @@ enum Command {
     ///
     /// Runs in the foreground until SIGINT/SIGTERM; detaches on exit.
     Inject(InjectArgs),
+    /// Forward TCP connections to backends, inserting the client's address as a TOA option.
+    Proxy(toa::proxy::ProxyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +101,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Agent(args) => agent(args),
         Command::Stats(args) => stats(args),
         Command::Inject(args) => inject(args),
+        Command::Proxy(args) => Ok(toa::proxy::run(args)?),
     }
 }
 

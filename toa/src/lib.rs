@@ -15,6 +15,7 @@ pub mod inject;
 pub mod lock;
 pub mod paths;
 pub mod programs;
+pub mod proxy;
 pub mod signals;
 pub mod stats;
 pub mod system;
