@@ -32,10 +32,24 @@ pub enum Counter {
     InjectWritten,
     /// Packets the writer meant to mark but found no option space in.
     InjectNoRoom,
+    /// Valid options from transport peers outside the trusted prefixes, ignored.
+    ToaUntrusted,
+    /// A later valid option that differed from the one already taken, ignored.
+    ToaConflict,
+    /// Real clients taken from the SYN.
+    ToaFromSyn,
+    /// Real clients taken from a data packet after the handshake.
+    ToaFromData,
+    /// SYN capture on, but no saved SYN (listener older than the agent, or syncookies).
+    ToaSynUnavailable,
+    /// Vendor getsockopt calls (1348, 4096) answered with the real client.
+    GetsockoptToaOk,
+    /// Vendor getsockopt calls refused (no real client, short buffer).
+    GetsockoptToaFail,
 }
 
 /// Number of counters (the size of the per-CPU array).
-pub const COUNTER_COUNT: u32 = 14;
+pub const COUNTER_COUNT: u32 = 21;
 
 /// Every counter with its name, in index order.
 pub const COUNTERS: [(Counter, &str); COUNTER_COUNT as usize] = [
@@ -53,6 +67,13 @@ pub const COUNTERS: [(Counter, &str); COUNTER_COUNT as usize] = [
     (Counter::ToaStoreFailed, "toa_store_failed"),
     (Counter::InjectWritten, "inject_written"),
     (Counter::InjectNoRoom, "inject_no_room"),
+    (Counter::ToaUntrusted, "toa_untrusted"),
+    (Counter::ToaConflict, "toa_conflict"),
+    (Counter::ToaFromSyn, "toa_from_syn"),
+    (Counter::ToaFromData, "toa_from_data"),
+    (Counter::ToaSynUnavailable, "toa_syn_unavailable"),
+    (Counter::GetsockoptToaOk, "getsockopt_toa_ok"),
+    (Counter::GetsockoptToaFail, "getsockopt_toa_fail"),
 ];
 
 #[cfg(test)]

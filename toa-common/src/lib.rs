@@ -6,11 +6,14 @@
 //! tests and the fuzzer).
 #![no_std]
 
+pub mod compat;
+pub mod config;
 pub mod counters;
 pub mod format;
 pub mod inject;
 pub mod option;
 pub mod peer;
+pub mod trust;
 
 pub use format::{Format, FormatError, Formats, Shape};
 pub use option::{Parsed, parse_options};
@@ -24,6 +27,8 @@ pub mod programs {
     pub const GETPEERNAME4: &str = "toa_getpeername4";
     /// cgroup/getpeername6: presents the real client on IPv6 sockets.
     pub const GETPEERNAME6: &str = "toa_getpeername6";
+    /// cgroup/getsockopt: answers the vendor calls (1348, 4096).
+    pub const GETSOCKOPT: &str = "toa_getsockopt";
     /// sock_ops: writes the option on active (client-side) connections.
     pub const INJECT: &str = "toa_inject";
 }
@@ -34,8 +39,12 @@ pub mod maps {
     pub const PEERS: &str = "TOA_PEERS";
     /// Per-CPU counters indexed by [`crate::counters::Counter`].
     pub const COUNTERS: &str = "TOA_COUNTERS";
-    /// Receiver settings ([`crate::format::Formats`]) at index 0.
+    /// Receiver settings ([`crate::config::ReceiverConfig`]) at index 0.
     pub const CONFIG: &str = "TOA_CONFIG";
+    /// Trusted forwarder prefixes (LPM trie of [`crate::trust::TrustKey`]).
+    pub const TRUSTED: &str = "TOA_TRUSTED";
+    /// Local ports acted on ([`crate::config::PortSet`]) at index 0.
+    pub const PORTS: &str = "TOA_PORTS";
     /// Writer targets by socket cookie ([`crate::inject::InjectSpec`]).
     pub const INJECT_TARGETS: &str = "TOA_INJECT_TARGETS";
     /// Per-socket writer state ([`crate::inject::InjectState`]).

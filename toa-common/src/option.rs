@@ -29,6 +29,7 @@ pub const TFO_EXP_MAGIC: [u8; 2] = [0xF9, 0x89];
 pub const TCPOPT_EXP: u8 = 254;
 
 /// A decoded client address.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr {
     /// The option kind it was found in.
@@ -39,6 +40,23 @@ pub struct ClientAddr {
     pub addr: [u8; 16],
     /// Port bytes in network order; `[0, 0]` for formats without a port.
     pub port: [u8; 2],
+}
+
+impl ClientAddr {
+    /// A placeholder.
+    pub const EMPTY: ClientAddr = ClientAddr { kind: 0, family: Family::V4, addr: [0; 16], port: [0; 2] };
+}
+
+/// What [`scan_options`] found.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scan {
+    /// No TOA option.
+    None = 0,
+    /// An accepted option, written to the out parameter.
+    Found = 1,
+    /// See [`Parsed::Malformed`].
+    Malformed = 2,
 }
 
 /// What a segment's options say.
@@ -56,13 +74,31 @@ pub enum Parsed {
 /// Parses the options area `buf[..len]` (`len` is clamped to 40).
 ///
 /// `in_syn` tells whether the segment is a SYN (for the TFO exception).
+#[inline(always)]
+pub fn parse_options(buf: &[u8; OPTION_BUF_LEN], len: usize, formats: &Formats, in_syn: bool) -> Parsed {
+    let mut out = ClientAddr::EMPTY;
+    match scan_options(buf, len, formats, in_syn, &mut out) {
+        Scan::Found => Parsed::Found(out),
+        Scan::Malformed => Parsed::Malformed,
+        Scan::None => Parsed::None,
+    }
+}
+
+/// [`parse_options`] with plain types only (a fieldless result and an out
+/// parameter), as the eBPF programs call it.
 ///
 /// The walk visits every byte position once, in order, with a small state
 /// machine (expecting a kind, a length, or skipping a payload). Each step
 /// reads `buf` at a position the verifier knows exactly, which keeps the
 /// eBPF verifier's work linear in the 40 positions.
 #[inline(never)]
-pub fn parse_options(buf: &[u8; OPTION_BUF_LEN], len: usize, formats: &Formats, in_syn: bool) -> Parsed {
+pub fn scan_options(
+    buf: &[u8; OPTION_BUF_LEN],
+    len: usize,
+    formats: &Formats,
+    in_syn: bool,
+    out: &mut ClientAddr,
+) -> Scan {
     const EXPECT_KIND: u8 = 0;
     const EXPECT_LEN: u8 = 1;
     const IN_PAYLOAD: u8 = 2;
@@ -90,7 +126,7 @@ pub fn parse_options(buf: &[u8; OPTION_BUF_LEN], len: usize, formats: &Formats, 
             let at = pos - 1;
             let olen = byte as usize;
             if olen < 2 || at + olen > len {
-                return Parsed::Malformed;
+                return Scan::Malformed;
             }
             // TCP Fast Open (experimental form) of any length in a SYN is not TOA.
             let is_tfo = in_syn
@@ -100,7 +136,10 @@ pub fn parse_options(buf: &[u8; OPTION_BUF_LEN], len: usize, formats: &Formats, 
                 && buf[(at + 3) & MASK] == TFO_EXP_MAGIC[1];
             if !is_tfo && formats.knows_kind(kind) {
                 match formats.accepts(kind, olen) {
-                    Some(shape) => return Parsed::Found(decode(buf, at & MASK, kind, shape)),
+                    Some(shape) => {
+                        *out = decode(buf, at & MASK, kind, shape);
+                        return Scan::Found;
+                    }
                     None => bad_length = true,
                 }
             }
@@ -116,9 +155,9 @@ pub fn parse_options(buf: &[u8; OPTION_BUF_LEN], len: usize, formats: &Formats, 
     }
     if expect == EXPECT_LEN {
         // A kind byte with no length byte after it.
-        return Parsed::Malformed;
+        return Scan::Malformed;
     }
-    if bad_length { Parsed::Malformed } else { Parsed::None }
+    if bad_length { Scan::Malformed } else { Scan::None }
 }
 
 #[inline(always)]

@@ -4,6 +4,8 @@
 //!   handshake's final ACK into per-socket storage.
 //! - `toa_getpeername4` / `toa_getpeername6` (cgroup/getpeername*): present it
 //!   to `getpeername()` and `accept()`.
+//! - `toa_getsockopt` (cgroup/getsockopt): answers the vendor calls
+//!   (`IPPROTO_IP` 1348 vtoa, 4096 NAT64 lookup).
 //! - `toa_inject` (sock_ops): the client-side writer a forwarder drives.
 //!
 //! Entry points are one-liners; the logic lives in one module per hook and the
@@ -23,15 +25,17 @@ mod maps;
 mod present;
 #[cfg(target_arch = "bpf")]
 mod sock_ops;
+#[cfg(target_arch = "bpf")]
+mod sockopt;
 
 #[cfg(target_arch = "bpf")]
 mod entry {
     use aya_ebpf::{
-        macros::{cgroup_sock_addr, sock_ops},
-        programs::{SockAddrContext, SockOpsContext},
+        macros::{cgroup_sock_addr, cgroup_sockopt, sock_ops},
+        programs::{SockAddrContext, SockOpsContext, SockoptContext},
     };
 
-    use crate::{capture, inject, present, sock_ops::Ops};
+    use crate::{capture, inject, present, sock_ops::Ops, sockopt};
 
     /// sock_ops verdict: carry on.
     const SOCK_OPS_OK: u32 = 1;
@@ -59,6 +63,12 @@ mod entry {
     #[cgroup_sock_addr(getpeername6)]
     pub fn toa_getpeername6(ctx: SockAddrContext) -> i32 {
         present::getpeername6(&ctx);
+        ALLOW
+    }
+
+    #[cgroup_sockopt(getsockopt)]
+    pub fn toa_getsockopt(ctx: SockoptContext) -> i32 {
+        sockopt::getsockopt(&ctx);
         ALLOW
     }
 }

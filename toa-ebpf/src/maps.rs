@@ -1,13 +1,15 @@
 //! Every map of the object, with who writes and who reads it.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, PerCpuArray, SkStorage},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, SkStorage},
     macros::btf_map,
 };
 use toa_common::{
-    Formats, PeerRecord,
+    PeerRecord,
+    config::{PortSet, ReceiverConfig},
     counters::COUNTER_COUNT,
     inject::{InjectSpec, InjectState},
+    trust::TrustKey,
 };
 
 /// Real client per socket. Written by `toa_capture` when an accepted option
@@ -21,10 +23,22 @@ pub static TOA_PEERS: SkStorage<PeerRecord> = SkStorage::new();
 #[btf_map]
 pub static TOA_COUNTERS: PerCpuArray<u64, { COUNTER_COUNT as usize }> = PerCpuArray::new();
 
-/// Receiver settings at index 0: the accepted formats. Written by the agent
-/// before it attaches anything; read by `toa_capture` on every handshake.
+/// Receiver settings at index 0 (formats, flags). Written by the agent
+/// before it attaches anything (and on reload); read by `toa_capture` on
+/// every handshake.
 #[btf_map]
-pub static TOA_CONFIG: Array<Formats, 1> = Array::new();
+pub static TOA_CONFIG: Array<ReceiverConfig, 1> = Array::new();
+
+/// Trusted forwarder prefixes (IPv4 mapped into ::ffff:0:0/96), value
+/// unused. Written by the agent; read by `toa_capture` when an option is
+/// found, unless the TRUST_ALL flag is set.
+#[btf_map]
+pub static TOA_TRUSTED: LpmTrie<TrustKey, u8, 4096> = LpmTrie::new();
+
+/// Local ports acted on, at index 0, when the PORT_FILTER flag is set.
+/// Written by the agent; read by `toa_capture`.
+#[btf_map]
+pub static TOA_PORTS: Array<PortSet, 1> = Array::new();
 
 /// Writer targets by socket cookie; key 0 applies to every socket of the
 /// cgroup. Written by userspace (`toa inject`, the proxy) before `connect()`;

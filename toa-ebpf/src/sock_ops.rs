@@ -53,6 +53,20 @@ impl Ops {
         rcv_nxt, rcv_nxt);
     field!(/// Oldest unacknowledged sequence number (host order).
         snd_una, snd_una);
+    field!(/// Address family of the socket (AF_INET, AF_INET6).
+        family, family);
+    field!(/// Peer IPv4 address, network order.
+        remote_ip4, remote_ip4);
+    field!(/// Peer IPv6 address word 0, network order.
+        remote_ip6_0, remote_ip6[0]);
+    field!(/// Peer IPv6 address word 1, network order.
+        remote_ip6_1, remote_ip6[1]);
+    field!(/// Peer IPv6 address word 2, network order.
+        remote_ip6_2, remote_ip6[2]);
+    field!(/// Peer IPv6 address word 3, network order.
+        remote_ip6_3, remote_ip6[3]);
+    field!(/// Local port, host order.
+        local_port, local_port);
     field!(/// Outgoing packet: payload length (HDR_OPT_LEN), or the whole packet's.
         skb_len, skb_len);
     field!(/// Outgoing or incoming packet's TCP flags.

@@ -1,15 +1,19 @@
 //! Command-line definitions and their thin handlers.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{io::Write as _, net::SocketAddr, path::PathBuf};
 
 use anyhow::{Context as _, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use toa::{
-    agent::{Agent, AgentConfig},
+    agent::{self, Agent, AgentConfig},
+    config::{Config, DEFAULT_TOML, Prefix},
+    doctor,
     inject::{self, Injector},
-    paths::{DEFAULT_PIN_DIR, PinDir},
+    metrics::MetricsServer,
+    paths::{self, PinDir},
     signals::TerminationSignals,
     stats::Snapshot,
+    status::Status,
 };
 use toa_common::Format;
 
@@ -24,38 +28,82 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the receiver in the foreground until SIGINT/SIGTERM.
+    /// Run the receiver in the foreground until SIGINT/SIGTERM (SIGHUP re-reads the config).
     ///
-    /// Loads the eBPF programs, attaches them to the cgroup (the whole host by
-    /// default) and pins them under the pin directory. A clean exit detaches
-    /// everything.
+    /// Loads the eBPF programs, attaches them to the configured cgroups (the
+    /// whole host by default) and pins them under the pin directory. A clean
+    /// exit detaches everything unless `persist = true`.
     Agent(AgentArgs),
     /// Print the receiver's counters (like /proc/net/toa_stats).
     Stats(StatsArgs),
+    /// Show what is attached and pinned, kernel facts and a counter summary.
+    Status(StatusArgs),
+    /// Check the system for everything toa needs, with the fix for each problem.
+    Doctor(DoctorArgs),
+    /// Detach every toa program and remove every pin (when no agent runs).
+    Detach(PinArgs),
+    /// Print the configuration (`--default`: the commented defaults).
+    Config(ConfigArgs),
     /// Write a TOA option into the connections a cgroup makes (testing and demos).
     ///
     /// Runs in the foreground until SIGINT/SIGTERM; detaches on exit.
     Inject(InjectArgs),
     /// Forward TCP connections to backends, inserting the client's address as a TOA option.
     Proxy(toa::proxy::ProxyArgs),
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
 }
 
 #[derive(Debug, Args)]
 struct PinArgs {
-    /// Directory on bpffs where the agent pins its maps and links.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
+    /// Directory on bpffs where the agent pins its maps and links [default: from the config, else /sys/fs/bpf/toa].
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
+}
+
+impl PinArgs {
+    fn resolve(&self) -> Result<PinDir> {
+        Ok(match &self.pin_dir {
+            Some(p) => PinDir::new(p),
+            None => PinDir::new(Config::load_default()?.pin_dir),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
 struct AgentArgs {
-    /// cgroup v2 directory to act on (default: the cgroup v2 root, i.e. the whole host).
-    #[arg(long, value_name = "DIR")]
-    cgroup: Option<PathBuf>,
-    /// Accepted option format KIND/LEN; repeat for several
-    /// (default: 254/8, 200/8, 253/20, 254/20).
+    /// Configuration file [default: /etc/toa/toa.toml when it exists].
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// cgroup v2 directory to act on; repeat for several (default: the whole host).
+    #[arg(long = "cgroup", value_name = "DIR")]
+    cgroups: Vec<PathBuf>,
+    /// Accepted option format KIND/LEN; repeat for several (default: 254/8, 200/8, 253/20, 254/20).
     #[arg(long = "format", value_name = "KIND/LEN", value_parser = parse_format)]
     formats: Vec<Format>,
+    /// Trusted forwarder prefix (CIDR); repeat for several (default: trust every sender).
+    #[arg(long = "trust", value_name = "CIDR", value_parser = parse_prefix)]
+    trusted: Vec<Prefix>,
+    /// Local port to act on; repeat for several (default: all).
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    ports: Vec<u16>,
+    /// Also take the option from the SYN.
+    #[arg(long)]
+    capture_syn: bool,
+    /// Do not look for the option in the packets after the handshake ACK.
+    #[arg(long)]
+    no_capture_data: bool,
+    /// Keep the programs attached after a clean stop.
+    #[arg(long)]
+    persist: bool,
+    /// Prometheus metrics listener ADDR:PORT; "" disables it.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     pins: PinArgs,
 }
@@ -67,6 +115,32 @@ struct StatsArgs {
     json: bool,
     #[command(flatten)]
     pins: PinArgs,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    pins: PinArgs,
+}
+
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// Print the commented default configuration.
+    #[arg(long)]
+    default: bool,
+    /// The file to check and print in effect [default: /etc/toa/toa.toml].
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "default")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -95,31 +169,104 @@ fn parse_format(s: &str) -> Result<Format, String> {
     Format::parse(s).map_err(|e| e.to_string())
 }
 
+fn parse_prefix(s: &str) -> Result<Prefix, String> {
+    s.parse::<Prefix>().map_err(|e| e.to_string())
+}
+
 /// Runs the chosen command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Agent(args) => agent(args),
+        Command::Agent(args) => run_agent(args),
         Command::Stats(args) => stats(args),
-        Command::Inject(args) => inject(args),
+        Command::Status(args) => status(args),
+        Command::Doctor(args) => run_doctor(args),
+        Command::Detach(args) => detach(args),
+        Command::Config(args) => config(args),
+        Command::Inject(args) => run_inject(args),
         Command::Proxy(args) => Ok(toa::proxy::run(args)?),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "toa", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).context("writing the man page")?;
+            Ok(())
+        }
     }
 }
 
-fn agent(args: AgentArgs) -> Result<()> {
-    let signals = TerminationSignals::block().context("blocking SIGINT/SIGTERM")?;
-    let config = AgentConfig { cgroup: args.cgroup, pins: PinDir::new(args.pins.pin_dir), formats: args.formats };
-    let agent = Agent::start(&config)?;
+/// The configuration file in effect, and the agent settings after command-line overrides.
+fn agent_settings(args: &AgentArgs) -> Result<(Config, AgentConfig)> {
+    let mut file = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::load_default()?,
+    };
+    if let Some(p) = &args.pins.pin_dir {
+        file.pin_dir = p.clone();
+    }
+    if let Some(m) = &args.metrics_listen {
+        file.metrics_listen = m.clone();
+        file.metrics_addr()?;
+    }
+    let mut settings = AgentConfig::from_config(&file)?;
+    if !args.cgroups.is_empty() {
+        settings.cgroups = args.cgroups.clone();
+    }
+    if !args.formats.is_empty() {
+        settings.formats = args.formats.clone();
+    }
+    if !args.trusted.is_empty() {
+        settings.trusted = args.trusted.clone();
+    }
+    if !args.ports.is_empty() {
+        settings.ports = args.ports.clone();
+    }
+    settings.capture_syn |= args.capture_syn;
+    settings.capture_data &= !args.no_capture_data;
+    settings.persist |= args.persist;
+    Ok((file, settings))
+}
+
+fn run_agent(args: AgentArgs) -> Result<()> {
+    let signals = TerminationSignals::block().context("blocking SIGINT/SIGTERM/SIGHUP")?;
+    let (file, settings) = agent_settings(&args)?;
+    let mut agent = Agent::start(&settings)?;
+    let metrics = match file.metrics_addr()? {
+        Some(addr) => match MetricsServer::start(addr, settings.pins.clone()) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                // Nothing half-attached: undo the start before reporting.
+                let _ = agent.stop();
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     for spec in agent.programs() {
         tracing::info!(program = spec.name, hook = spec.hook.attach_type(), "{}", spec.role);
     }
-    let sig = signals.wait().context("waiting for a signal")?;
-    tracing::info!(signal = sig, "stopping");
+    loop {
+        let sig = signals.wait().context("waiting for a signal")?;
+        if sig == libc::SIGHUP {
+            match agent_settings(&args) {
+                Ok((_, new)) => match agent.apply(&new) {
+                    Ok(()) => tracing::info!("configuration re-applied"),
+                    Err(e) => tracing::error!(error = %e, "configuration not applied; the previous one stays"),
+                },
+                Err(e) => tracing::error!(error = %e, "configuration not applied; the previous one stays"),
+            }
+            continue;
+        }
+        tracing::info!(signal = sig, "stopping");
+        break;
+    }
+    drop(metrics);
     agent.stop()?;
     Ok(())
 }
 
 fn stats(args: StatsArgs) -> Result<()> {
-    let snapshot = Snapshot::read_pinned(&PinDir::new(args.pins.pin_dir))?;
+    let snapshot = Snapshot::read_pinned(&args.pins.resolve()?)?;
     if args.json {
         println!("{}", snapshot.to_json());
     } else {
@@ -128,7 +275,54 @@ fn stats(args: StatsArgs) -> Result<()> {
     Ok(())
 }
 
-fn inject(args: InjectArgs) -> Result<()> {
+fn status(args: StatusArgs) -> Result<()> {
+    let status = Status::read(&args.pins.resolve()?);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.to_text());
+    }
+    Ok(())
+}
+
+fn run_doctor(args: DoctorArgs) -> Result<()> {
+    let checks = doctor::run();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        print!("{}", doctor::render(&checks));
+    }
+    if checks.iter().any(|c| c.verdict == doctor::Verdict::Fail) {
+        anyhow::bail!("some checks failed (see above)");
+    }
+    Ok(())
+}
+
+fn detach(args: PinArgs) -> Result<()> {
+    let pins = args.resolve()?;
+    let n = agent::detach(&pins)?;
+    println!("detached {n} links and removed the pins under {}", pins.root().display());
+    Ok(())
+}
+
+fn config(args: ConfigArgs) -> Result<()> {
+    if args.default {
+        print!("{DEFAULT_TOML}");
+        return Ok(());
+    }
+    let path = args.config.unwrap_or_else(|| PathBuf::from(paths::CONFIG_FILE));
+    let config = if path.exists() { Config::load(&path)? } else { Config::default() };
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "# in effect (from {})",
+        if path.exists() { path.display().to_string() } else { "the defaults".into() }
+    )?;
+    writeln!(out, "{config:#?}")?;
+    Ok(())
+}
+
+fn run_inject(args: InjectArgs) -> Result<()> {
     let signals = TerminationSignals::block().context("blocking SIGINT/SIGTERM")?;
     let packets = inject::parse_packets(&args.packets)?;
     let spec = match (&args.raw, args.addr) {
@@ -139,7 +333,7 @@ fn inject(args: InjectArgs) -> Result<()> {
     let mut injector = Injector::attach(&args.cgroup)?;
     injector.set_default(spec)?;
     tracing::info!(cgroup = %args.cgroup.display(), option = ?&spec.option[..spec.len as usize], "inject ready");
-    signals.wait().context("waiting for a signal")?;
+    while signals.wait().context("waiting for a signal")? == libc::SIGHUP {}
     let counters = injector.counters()?;
     tracing::info!(
         written = counters.total("inject_written").unwrap_or(0),

@@ -73,6 +73,16 @@ pub enum Error {
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// A program does not load on this kernel.
+    #[error("program {name} ({role}) does not load on this kernel: {reason}; `toa doctor` checks every feature")]
+    ProgramLoad {
+        /// The program.
+        name: &'static str,
+        /// What it is for.
+        role: &'static str,
+        /// The kernel's reason, in one line.
+        reason: String,
+    },
     /// Turning a link into a pinnable one failed.
     #[error("link of program {name}: {source}")]
     Link {
@@ -100,6 +110,16 @@ pub enum Error {
         #[source]
         source: aya::maps::MapError,
     },
+    /// The configuration file is wrong.
+    #[error("{}{}: {message}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+        /// Where, when known.
+        line: Option<usize>,
+    },
     /// A bad value given by the user.
     #[error("{0}")]
     Invalid(String),
@@ -115,6 +135,6 @@ impl Error {
     /// Whether the error comes from what the user asked for (exit code 2)
     /// rather than from the system.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::NotACgroup { .. } | Error::Invalid(_))
+        matches!(self, Error::NotACgroup { .. } | Error::Invalid(_) | Error::Config { .. })
     }
 }

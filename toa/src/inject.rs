@@ -42,7 +42,7 @@ impl Injector {
         let map = ebpf.take_map(maps::INJECT_TARGETS).ok_or(Error::MissingMap(maps::INJECT_TARGETS))?;
         let targets = HashMap::try_from(map).map_err(|source| Error::Map { name: maps::INJECT_TARGETS, source })?;
         let dir = File::open(&cgroup).map_err(Error::io("opening", &cgroup))?;
-        let link = programs::attach(&mut ebpf, &programs::WRITER, &dir)?;
+        let link = programs::load_and_attach(&mut ebpf, &programs::WRITER, &dir)?;
         Ok(Injector { _link: link, targets, ebpf })
     }
 
@@ -62,6 +62,14 @@ impl Injector {
     /// Drops the target of one socket (after its connection started).
     pub fn forget(&mut self, cookie: u64) -> Result<()> {
         self.targets.remove(&cookie).map_err(|source| Error::Map { name: maps::INJECT_TARGETS, source })
+    }
+
+    /// The targets map's descriptor (key: socket cookie, value: [`InjectSpec`]),
+    /// for callers that update it from several threads with their own
+    /// `bpf(2)` calls, such as the proxy's workers.
+    pub fn targets_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use aya::maps::IterableMap as _;
+        self.targets.map().fd().as_fd()
     }
 
     fn set(&mut self, key: u64, spec: InjectSpec) -> Result<()> {

@@ -9,15 +9,19 @@
 //! counters; [`inject`] drives the client-side option writer.
 
 pub mod agent;
+pub mod config;
+pub mod doctor;
 pub mod ebpf;
 pub mod error;
 pub mod inject;
 pub mod lock;
+pub mod metrics;
 pub mod paths;
 pub mod programs;
 pub mod proxy;
 pub mod signals;
 pub mod stats;
+pub mod status;
 pub mod system;
 
 pub use error::{Error, Result};

@@ -8,6 +8,8 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/toa";
 pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 /// Runtime state (the agent's lock file).
 pub const RUN_DIR: &str = "/run/toa";
+/// The configuration file.
+pub const CONFIG_FILE: &str = "/etc/toa/toa.toml";
 /// The kernel's BTF, required for socket storage.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// Mount table used to find cgroup2 and bpffs.

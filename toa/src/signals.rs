@@ -1,4 +1,4 @@
-//! Waiting for SIGINT/SIGTERM without async machinery.
+//! Waiting for SIGINT/SIGTERM (stop) and SIGHUP (reload) without async machinery.
 
 use std::io;
 
@@ -8,8 +8,8 @@ pub struct TerminationSignals {
 }
 
 impl TerminationSignals {
-    /// Blocks SIGINT and SIGTERM in the calling thread (call it before
-    /// spawning threads, which inherit the mask).
+    /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (call it
+    /// before spawning threads, which inherit the mask).
     pub fn block() -> io::Result<Self> {
         // SAFETY: sigset operations on a local set.
         unsafe {
@@ -17,6 +17,7 @@ impl TerminationSignals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGHUP);
             let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));

@@ -104,7 +104,15 @@ fn a_second_agent_on_the_same_pins_is_refused_and_the_first_keeps_running() {
     }
     let cg = Cgroup::new("toa-cli");
     let agent = AgentProc::start(cg.path(), &[]);
-    let out = toa(&["agent", "--cgroup", &cg.path().to_string_lossy(), "--pin-dir", &agent.pins.to_string_lossy()]);
+    let out = toa(&[
+        "agent",
+        "--cgroup",
+        &cg.path().to_string_lossy(),
+        "--pin-dir",
+        &agent.pins.to_string_lossy(),
+        "--metrics-listen",
+        "",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let lines = stderr_lines(&out);
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -112,7 +120,7 @@ fn a_second_agent_on_the_same_pins_is_refused_and_the_first_keeps_running() {
     assert!(lines[0].contains(&format!("pid {}", agent.proc.pid())), "{lines:?}");
     // The first agent's three programs are still the only ones attached.
     let attached = attached_to(cg.path());
-    assert_eq!(attached.matches("toa_").count(), 3, "{attached}");
+    assert_eq!(attached.matches("toa_").count(), 4, "{attached}");
     agent.stats();
     agent.stop();
     assert_eq!(attached_to(cg.path()).trim(), "", "a clean stop detaches everything");
@@ -167,13 +175,13 @@ fn a_killed_agent_is_replaced_without_detaching_and_its_pins_adopted() {
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(first.proc.pid(), libc::SIGKILL) };
     first.proc.wait_exit(common::READY);
-    assert_eq!(attached_to(cg.path()).matches("toa_").count(), 3, "still attached after SIGKILL");
+    assert_eq!(attached_to(cg.path()).matches("toa_").count(), 4, "still attached after SIGKILL");
     let pins = first.pins.to_string_lossy().into_owned();
     let mut cmd = integration_test::process::command_in(None, None, TOA);
-    cmd.args(["agent", "--cgroup", &cg.path().to_string_lossy(), "--pin-dir", &pins]);
+    cmd.args(["agent", "--cgroup", &cg.path().to_string_lossy(), "--pin-dir", &pins, "--metrics-listen", ""]);
     let mut second = integration_test::process::spawn(cmd);
     second.wait_for_line(Stream::Stderr, |l| l.contains("agent ready"), common::READY);
-    assert_eq!(attached_to(cg.path()).matches("toa_").count(), 3, "the old links were replaced, not added to");
+    assert_eq!(attached_to(cg.path()).matches("toa_").count(), 4, "the old links were replaced, not added to");
     assert!(toa(&["stats", "--pin-dir", &pins]).status.success());
     assert!(second.terminate().success());
     assert_eq!(attached_to(cg.path()).trim(), "");

@@ -43,7 +43,11 @@ impl AgentProc {
     pub fn start(cgroup: &Path, extra: &[&str]) -> AgentProc {
         let pins = PathBuf::from(format!("/sys/fs/bpf/{}", unique_name("toa-test", 40)));
         let mut cmd = command_in(None, None, TOA);
-        cmd.arg("agent").arg("--cgroup").arg(cgroup).arg("--pin-dir").arg(&pins).args(extra);
+        cmd.arg("agent").arg("--cgroup").arg(cgroup).arg("--pin-dir").arg(&pins);
+        if !extra.iter().any(|a| *a == "--metrics-listen") {
+            cmd.args(["--metrics-listen", ""]);
+        }
+        cmd.args(extra);
         let mut proc = spawn(cmd);
         proc.wait_for_line(Stream::Stderr, |l| l.contains("agent ready"), READY);
         AgentProc { proc, pins }

@@ -1,0 +1,195 @@
+//! `toa doctor`: everything that can keep toa from working, each with its fix.
+
+use std::{fs, path::Path};
+
+use serde::Serialize;
+
+use crate::{ebpf, paths, programs::RECEIVER, system};
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Fine.
+    Ok,
+    /// Works, with a caveat.
+    Warn,
+    /// Keeps toa from working.
+    Fail,
+}
+
+/// One check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// The outcome.
+    pub verdict: Verdict,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it (empty when fine).
+    pub fix: String,
+}
+
+fn check(name: &str, verdict: Verdict, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check { name: name.into(), verdict, detail: detail.into(), fix: fix.into() }
+}
+
+/// The running kernel's (major, minor).
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Runs every check. Loading the programs (not attaching them) is the
+/// feature probe: the kernel's verifier says which hook or helper is missing.
+pub fn run() -> Vec<Check> {
+    let mut checks = Vec::new();
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    checks.push(if root {
+        check("privileges", Verdict::Ok, "running as root", "")
+    } else {
+        check("privileges", Verdict::Fail, "not root", "run toa as root (or via the systemd unit)")
+    });
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    checks.push(match kernel_version() {
+        Some(v) if v >= (5, 10) => check("kernel", Verdict::Ok, format!("{release}"), ""),
+        Some(_) => check(
+            "kernel",
+            Verdict::Fail,
+            format!("{release}: older than 5.10"),
+            "upgrade to 5.10 or later (sock_ops access to TCP header options arrived in 5.10)",
+        ),
+        None => check("kernel", Verdict::Warn, "version unreadable", ""),
+    });
+    checks.push(if Path::new(paths::KERNEL_BTF).exists() {
+        check("BTF", Verdict::Ok, paths::KERNEL_BTF, "")
+    } else {
+        check("BTF", Verdict::Fail, "no /sys/kernel/btf/vmlinux", "use a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+    });
+    checks.push(match system::cgroup2_root() {
+        Ok(p) => check("cgroup v2", Verdict::Ok, format!("mounted at {}", p.display()), ""),
+        Err(_) => check(
+            "cgroup v2",
+            Verdict::Fail,
+            "not mounted",
+            "mount it: mount -t cgroup2 none /sys/fs/cgroup/unified (or boot with systemd.unified_cgroup_hierarchy=1)",
+        ),
+    });
+    let bpffs = Path::new(paths::BPFFS_MOUNT);
+    checks.push(if system::is_bpffs(bpffs) {
+        check("bpffs", Verdict::Ok, format!("mounted at {}", bpffs.display()), "")
+    } else {
+        check(
+            "bpffs",
+            Verdict::Warn,
+            "not mounted at /sys/fs/bpf",
+            "toa agent mounts it; or: mount -t bpf bpf /sys/fs/bpf",
+        )
+    });
+    let modules = fs::read_to_string("/proc/modules").unwrap_or_default();
+    let loaded: Vec<&str> = modules
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|m| matches!(*m, "toa" | "vtoa" | "toa_v6" | "ip_vs_toa"))
+        .collect();
+    checks.push(if loaded.is_empty() {
+        check("TOA kernel modules", Verdict::Ok, "none loaded", "")
+    } else {
+        check(
+            "TOA kernel modules",
+            Verdict::Fail,
+            format!("loaded: {}", loaded.join(", ")),
+            format!(
+                "unload them (rmmod {}) and stop their service, or they will rewrite addresses too",
+                loaded.join(" ")
+            ),
+        )
+    });
+    if root {
+        checks.extend(conflicting_programs());
+        checks.extend(probe_programs());
+    }
+    checks
+}
+
+/// Programs of others attached to the hooks toa uses, on the cgroup v2 root.
+fn conflicting_programs() -> Vec<Check> {
+    let Ok(root) = system::cgroup2_root() else { return Vec::new() };
+    let Ok(dir) = fs::File::open(&root) else { return Vec::new() };
+    let names: std::collections::HashMap<u32, String> = aya::programs::loaded_programs()
+        .flatten()
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_string()))
+        .collect();
+    let mut found = Vec::new();
+    for (hook, attach_type) in [("getpeername4", 29u32), ("getpeername6", 30), ("getsockopt", 21), ("sock_ops", 3)] {
+        for id in crate::programs::query_effective(&dir, attach_type).unwrap_or_default() {
+            let name = names.get(&id).cloned().unwrap_or_else(|| format!("id {id}"));
+            if !name.starts_with("toa_") {
+                found.push(format!("{name} on {hook}"));
+            }
+        }
+    }
+    vec![if found.is_empty() {
+        check("other programs on toa's hooks", Verdict::Ok, "none on the cgroup v2 root", "")
+    } else {
+        check(
+            "other programs on toa's hooks",
+            Verdict::Warn,
+            found.join(", "),
+            "another component (e.g. Cilium's socket LB) also rewrites addresses: check that they agree, \
+             or scope toa to the services that need it (cgroups = [...])",
+        )
+    }]
+}
+
+/// Loads each program without attaching it: the feature probe.
+pub fn probe_programs() -> Vec<Check> {
+    let mut out = Vec::new();
+    let mut obj = match ebpf::load_private() {
+        Ok(o) => o,
+        Err(e) => {
+            return vec![check(
+                "eBPF object",
+                Verdict::Fail,
+                e.to_string().lines().next().unwrap_or("").to_string(),
+                "the kernel cannot create toa's maps (socket storage needs 5.2, BTF)",
+            )];
+        }
+    };
+    for spec in &RECEIVER {
+        let name = format!("program {}", spec.name);
+        out.push(match crate::programs::load(&mut obj, spec) {
+            Ok(()) => check(&name, Verdict::Ok, format!("loads ({})", spec.role), ""),
+            Err(e) => check(
+                &name,
+                Verdict::Fail,
+                e.to_string(),
+                format!(
+                    "this kernel lacks what it needs to {} (needs {}.{} or later)",
+                    spec.role, spec.min_kernel.0, spec.min_kernel.1
+                ),
+            ),
+        });
+    }
+    out
+}
+
+/// Text form.
+pub fn render(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        let mark = match c.verdict {
+            Verdict::Ok => "ok  ",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        };
+        out.push_str(&format!("[{mark}] {}: {}\n", c.name, c.detail));
+        if !c.fix.is_empty() {
+            out.push_str(&format!("       fix: {}\n", c.fix));
+        }
+    }
+    out
+}
