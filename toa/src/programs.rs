@@ -61,7 +61,7 @@ pub const RECEIVER: [ProgramSpec; 4] = [
         hook: Hook::SockOps,
         // skb_data in sock_ops (header options) arrived in 5.10.
         min_kernel: (5, 10),
-        role: "capture the option from the handshake ACK",
+        role: "capture the option from the SYN, the handshake ACK or the first data packet",
     },
     ProgramSpec {
         name: names::GETPEERNAME4,
