@@ -55,7 +55,7 @@ pub fn run() -> Vec<Check> {
     });
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     checks.push(match kernel_version() {
-        Some(v) if v >= (5, 10) => check("kernel", Verdict::Ok, format!("{release}"), ""),
+        Some(v) if v >= (5, 10) => check("kernel", Verdict::Ok, release.clone(), ""),
         Some(_) => check(
             "kernel",
             Verdict::Fail,
