@@ -44,7 +44,7 @@ impl AgentProc {
         let pins = PathBuf::from(format!("/sys/fs/bpf/{}", unique_name("toa-test", 40)));
         let mut cmd = command_in(None, None, TOA);
         cmd.arg("agent").arg("--cgroup").arg(cgroup).arg("--pin-dir").arg(&pins);
-        if !extra.iter().any(|a| *a == "--metrics-listen") {
+        if !extra.contains(&"--metrics-listen") {
             cmd.args(["--metrics-listen", ""]);
         }
         cmd.args(extra);
@@ -222,4 +222,184 @@ pub fn attached_to(cgroup: &Path) -> String {
 /// The non-empty lines a process printed on stderr.
 pub fn stderr_lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+}
+
+// ---------------------------------------------------------------------------
+// The forwarder's fixtures: a cli → lb → srv topology and a `toa proxy` process.
+
+/// Client address (IPv4) in [`Topo`].
+pub const TOPO_CLI4: &str = "10.71.1.2";
+/// The proxy's address facing the client (IPv4).
+pub const TOPO_LB4: &str = "10.71.1.1";
+/// The proxy's address facing the backend (IPv4).
+pub const TOPO_LB4_SRV: &str = "10.71.2.1";
+/// Backend address (IPv4).
+pub const TOPO_SRV4: &str = "10.71.2.2";
+/// Client address (IPv6).
+pub const TOPO_CLI6: &str = "2001:db8:71:1::2";
+/// The proxy's address facing the client (IPv6).
+pub const TOPO_LB6: &str = "2001:db8:71:1::1";
+/// The proxy's address facing the backend (IPv6).
+pub const TOPO_LB6_SRV: &str = "2001:db8:71:2::1";
+/// Backend address (IPv6).
+pub const TOPO_SRV6: &str = "2001:db8:71:2::2";
+/// The backend's interface in the server namespace.
+pub const TOPO_SRV_IF: &str = "eth-srv";
+
+/// Three namespaces, client → forwarder → backend, on two subnets with no
+/// route between client and backend (only the proxy joins them):
+///
+/// ```text
+///  cli 10.71.1.2 / 2001:db8:71:1::2 ── lb 10.71.1.1, 10.71.2.1 ── srv 10.71.2.2 / 2001:db8:71:2::2
+/// ```
+///
+/// The proxy runs in `lb` and the `lb_cg` cgroup, the agent on `srv_cg`.
+pub struct Topo {
+    pub cli: integration_test::netns::Netns,
+    pub lb: integration_test::netns::Netns,
+    pub srv: integration_test::netns::Netns,
+    pub lb_cg: Cgroup,
+    pub srv_cg: Cgroup,
+}
+
+impl Topo {
+    pub fn new() -> Topo {
+        use integration_test::netns::Netns;
+        let cli = Netns::new("toa-px-cli");
+        let lb = Netns::new("toa-px-lb");
+        let srv = Netns::new("toa-px-srv");
+        for ns in [&cli, &lb, &srv] {
+            ns.write_sysctl("net/ipv6/conf/all/accept_dad", "0");
+            ns.write_sysctl("net/ipv6/conf/default/accept_dad", "0");
+            ns.write_sysctl("net/ipv4/ip_local_port_range", "1024 65000");
+            ns.write_sysctl("net/ipv4/tcp_tw_reuse", "1");
+        }
+        lb.run(&["ip", "link", "add", "eth-lbc", "type", "veth", "peer", "name", "eth-cli", "netns", cli.name()]);
+        lb.run(&["ip", "link", "add", "eth-lbs", "type", "veth", "peer", "name", TOPO_SRV_IF, "netns", srv.name()]);
+        let conf = |ns: &Netns, ifname: &str, v4: &str, v6: &str| {
+            ns.run_with_input(
+                &["ip", "-batch", "-"],
+                &format!("addr add {v4}/24 dev {ifname}\naddr add {v6}/64 dev {ifname} nodad\nlink set {ifname} up\n"),
+            );
+        };
+        conf(&cli, "eth-cli", TOPO_CLI4, TOPO_CLI6);
+        conf(&lb, "eth-lbc", TOPO_LB4, TOPO_LB6);
+        conf(&lb, "eth-lbs", TOPO_LB4_SRV, TOPO_LB6_SRV);
+        conf(&srv, TOPO_SRV_IF, TOPO_SRV4, TOPO_SRV6);
+        let topo = Topo { cli, lb, srv, lb_cg: Cgroup::new("toa-px-lb"), srv_cg: Cgroup::new("toa-px-srv") };
+        eventually("the veth links to come up", Duration::from_secs(10), || {
+            [(&topo.cli, "eth-cli"), (&topo.lb, "eth-lbc"), (&topo.lb, "eth-lbs"), (&topo.srv, TOPO_SRV_IF)]
+                .iter()
+                .all(|(ns, ifname)| {
+                    let link = ns.output(&["ip", "-o", "link", "show", "dev", ifname]);
+                    let addrs = ns.output(&["ip", "-o", "-6", "addr", "show", "dev", ifname]);
+                    link.contains(" state UP ") && !addrs.contains("tentative")
+                })
+        });
+        topo
+    }
+
+    /// Runs a command in the client namespace (no cgroup).
+    pub fn client(&self, args: &[&str]) -> Output {
+        run_in(Some(&self.cli.path()), None, args)
+    }
+
+    /// Starts a program in the server namespace and cgroup (after `toa agent`
+    /// attached there, so it is translated) and waits for `ready` on `stream`.
+    pub fn server(&self, args: &[&str], stream: Stream, ready: impl Fn(&str) -> bool) -> Spawned {
+        let mut cmd = command_in(Some(&self.srv.path()), Some(self.srv_cg.path()), args[0]);
+        cmd.args(&args[1..]).current_dir(std::env::temp_dir());
+        let mut p = spawn(cmd);
+        p.wait_for_line(stream, ready, READY);
+        p
+    }
+
+    /// `python3 -m http.server` on the backend.
+    pub fn http_server(&self, bind: &str, port: u16) -> Spawned {
+        self.server(
+            &["python3", "-u", "-m", "http.server", "--bind", bind, &port.to_string()],
+            Stream::Stdout,
+            |l| l.starts_with("Serving HTTP"),
+        )
+    }
+
+    /// The peer-reporting server ([`PEER_SERVER`]) on the backend.
+    pub fn peer_server(&self, bind: &str, port: u16, mode: &str) -> Spawned {
+        self.server(&["python3", "-u", "-c", PEER_SERVER, bind, &port.to_string(), mode], Stream::Stdout, |l| {
+            l == "listening"
+        })
+    }
+
+    /// Starts `toa proxy ARGS` in the forwarder namespace and cgroup.
+    pub fn proxy(&self, args: &[&str]) -> ProxyProc {
+        let socket = std::env::temp_dir().join(format!("{}.sock", unique_name("toa-px", 40)));
+        let mut cmd = command_in(Some(&self.lb.path()), Some(self.lb_cg.path()), TOA);
+        cmd.arg("proxy").arg("--stats-socket").arg(&socket).args(args);
+        cmd.env("RUST_LOG", std::env::var("TOA_TEST_PROXY_LOG").unwrap_or_else(|_| "info".into()));
+        let mut proc = spawn(cmd);
+        proc.wait_for_line(Stream::Stderr, |l| l.contains("proxy ready"), READY);
+        ProxyProc { proc, socket }
+    }
+}
+
+/// A running `toa proxy`.
+pub struct ProxyProc {
+    pub proc: Spawned,
+    pub socket: PathBuf,
+}
+
+impl ProxyProc {
+    /// The JSON counters the proxy serves on its stats socket.
+    pub fn stats(&self) -> Value {
+        use std::io::Read as _;
+        let mut conn = std::os::unix::net::UnixStream::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.socket.display()));
+        let mut text = String::new();
+        conn.read_to_string(&mut text).expect("read stats");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("stats are not JSON ({e}): {text}"))
+    }
+
+    /// A counter of the first listener (or of the whole proxy with `listener == None`).
+    pub fn counter(&self, listener: Option<usize>, name: &str) -> u64 {
+        let v = self.stats();
+        let obj = match listener {
+            Some(i) => v["listeners"][i].clone(),
+            None => v,
+        };
+        obj[name].as_u64().unwrap_or_else(|| panic!("counter {name} missing in {obj}"))
+    }
+
+    /// Open descriptors of the proxy process.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.proc.pid())).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Entries in the proxy's TOA_INJECT_TARGETS map (found through its
+    /// descriptors: a hash map with 8-byte keys and 24-byte values).
+    pub fn target_entries(&self) -> usize {
+        let pid = self.proc.pid();
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo").flatten() {
+            let Ok(info) = std::fs::read_to_string(entry.path()) else { continue };
+            let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+            if field("map_type:").as_deref() == Some("1")
+                && field("key_size:").as_deref() == Some("8")
+                && field("value_size:").as_deref() == Some("24")
+            {
+                ids.extend(field("map_id:"));
+            }
+        }
+        assert_eq!(ids.len(), 1, "expected one targets map among the proxy's descriptors, found {ids:?}");
+        let out = run_in(None, None, &["bpftool", "map", "dump", "id", &ids[0], "-j"]);
+        assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool prints JSON");
+        v.as_array().map_or(0, Vec::len)
+    }
+}
+
+impl Drop for ProxyProc {
+    fn drop(&mut self) {
+        let _ = self.proc.terminate();
+        let _ = std::fs::remove_file(&self.socket);
+    }
 }
