@@ -288,13 +288,13 @@ impl Topo {
         conf(&srv, TOPO_SRV_IF, TOPO_SRV4, TOPO_SRV6);
         let topo = Topo { cli, lb, srv, lb_cg: Cgroup::new("toa-px-lb"), srv_cg: Cgroup::new("toa-px-srv") };
         eventually("the veth links to come up", Duration::from_secs(10), || {
-            [(&topo.cli, "eth-cli"), (&topo.lb, "eth-lbc"), (&topo.lb, "eth-lbs"), (&topo.srv, TOPO_SRV_IF)]
-                .iter()
-                .all(|(ns, ifname)| {
+            [(&topo.cli, "eth-cli"), (&topo.lb, "eth-lbc"), (&topo.lb, "eth-lbs"), (&topo.srv, TOPO_SRV_IF)].iter().all(
+                |(ns, ifname)| {
                     let link = ns.output(&["ip", "-o", "link", "show", "dev", ifname]);
                     let addrs = ns.output(&["ip", "-o", "-6", "addr", "show", "dev", ifname]);
                     link.contains(" state UP ") && !addrs.contains("tentative")
-                })
+                },
+            )
         });
         topo
     }
@@ -316,11 +316,9 @@ impl Topo {
 
     /// `python3 -m http.server` on the backend.
     pub fn http_server(&self, bind: &str, port: u16) -> Spawned {
-        self.server(
-            &["python3", "-u", "-m", "http.server", "--bind", bind, &port.to_string()],
-            Stream::Stdout,
-            |l| l.starts_with("Serving HTTP"),
-        )
+        self.server(&["python3", "-u", "-m", "http.server", "--bind", bind, &port.to_string()], Stream::Stdout, |l| {
+            l.starts_with("Serving HTTP")
+        })
     }
 
     /// The peer-reporting server ([`PEER_SERVER`]) on the backend.
