@@ -113,6 +113,10 @@ struct StatsArgs {
     /// Print one JSON object (counter → total, plus `per_cpu`).
     #[arg(long)]
     json: bool,
+    /// Stats socket of a running `toa proxy`; when it answers, its counters
+    /// follow (under "proxy" in JSON).
+    #[arg(long, value_name = "PATH", default_value = toa::proxy::settings::DEFAULT_STATS_SOCKET)]
+    proxy_socket: PathBuf,
     #[command(flatten)]
     pins: PinArgs,
 }
@@ -266,11 +270,25 @@ fn run_agent(args: AgentArgs) -> Result<()> {
 }
 
 fn stats(args: StatsArgs) -> Result<()> {
-    let snapshot = Snapshot::read_pinned(&args.pins.resolve()?)?;
+    let proxy = toa::proxy::stats::fetch(&args.proxy_socket);
+    let snapshot = match Snapshot::read_pinned(&args.pins.resolve()?) {
+        Ok(s) => Some(s),
+        Err(toa::Error::NotRunning { .. }) if proxy.is_some() => None,
+        Err(e) => return Err(e.into()),
+    };
     if args.json {
-        println!("{}", snapshot.to_json());
+        let mut v = snapshot.map_or_else(|| serde_json::json!({}), |s| s.to_json());
+        if let Some(p) = proxy {
+            v["proxy"] = p;
+        }
+        println!("{v}");
     } else {
-        print!("{}", snapshot.to_text());
+        if let Some(s) = snapshot {
+            print!("{}", s.to_text());
+        }
+        if let Some(p) = proxy {
+            print!("{}", toa::proxy::stats::render_text(&p));
+        }
     }
     Ok(())
 }

@@ -1,18 +1,353 @@
 //! `toa proxy`: a FullNAT L4 TCP proxy that inserts the client's address as
 //! a TCP option on the upstream connection.
+//!
+//! For every client: pick a healthy backend ([`pool`]), open the upstream
+//! socket, register the client's address for the socket's cookie with the
+//! sock_ops writer ([`crate::inject::Injector`]), connect, forget the entry
+//! (the writer copied it into the socket's storage during `connect()`), then
+//! forward both ways ([`engine`], [`pump`]) until both sides closed.
+//!
+//! The writer only sees sockets made by processes in the cgroup it is
+//! attached to, so the proxy attaches it to its own cgroup. It never sets a
+//! default entry: health checks and any other socket carry no option.
 
-use crate::{Error, Result};
+pub mod engine;
+pub mod health;
+pub mod pool;
+pub mod pump;
+pub mod settings;
+pub mod stats;
+pub mod sys;
+
+use std::{
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+pub use settings::ProxyConfig;
+use settings::{
+    Balance, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Forward, HealthSettings, ListenerSettings, Settings,
+    check_health, check_kind4, check_kind6, parse_addr, parse_backend, parse_duration,
+};
+use toa_common::inject::InjectSpec;
+
+use crate::{Error, Result, inject::Injector, signals::TerminationSignals, system};
 
 /// Command-line arguments of `toa proxy`.
 #[derive(Debug, clap::Args)]
-pub struct ProxyArgs {}
+pub struct ProxyArgs {
+    /// Address to accept clients on, e.g. 0.0.0.0:80 or [::]:80 (dual-stack).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// A backend, ADDR:PORT[,kind=N][,kind6=N]; repeat for several.
+    #[arg(long = "backend", value_name = "ADDR:PORT")]
+    pub backends: Vec<String>,
+    /// How to pick a backend: round-robin or least-conn.
+    #[arg(long, value_name = "POLICY", default_value = "round-robin")]
+    pub balance: String,
+    /// Option kind for IPv4 clients (8-byte option): 254, 200 or 253.
+    #[arg(long, value_name = "KIND", default_value_t = 254)]
+    pub kind: u8,
+    /// Option kind for IPv6 clients (20-byte option): 253 or 254.
+    #[arg(long, value_name = "KIND", default_value_t = 253)]
+    pub kind6: u8,
+    /// Packets that carry the option: any of syn, ack, data.
+    #[arg(long, value_name = "LIST", default_value = "ack,data")]
+    pub toa_packets: String,
+    /// How long a backend may take to accept (e.g. 5s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub connect_timeout: String,
+    /// Close connections silent this long in both directions.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub idle_timeout: String,
+    /// Time between health checks of a backend (0 disables them).
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    pub health_interval: String,
+    /// How long one health check may take.
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    pub health_timeout: String,
+    /// Consecutive successful checks that bring a backend back.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub rise: u32,
+    /// Consecutive failed checks that take a backend out.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub fall: u32,
+    /// Worker threads (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Forwarding path: splice (zero-copy through a pipe) or copy (user-space buffer).
+    #[arg(long, value_name = "PATH")]
+    pub forward: Option<String>,
+    /// Unix socket where the counters are served (`toa stats` reads it).
+    #[arg(long, value_name = "PATH")]
+    pub stats_socket: Option<PathBuf>,
+    /// Configuration file whose [proxy] section adds listeners
+    /// (default: /etc/toa/toa.toml, read only without --listen).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
 
-/// The `[proxy]` section of the configuration file.
-#[derive(Debug, Default, Clone, PartialEq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProxyConfig {}
+impl ProxyArgs {
+    /// Turns the command line (and the config file it names) into settings.
+    pub fn to_settings(&self) -> Result<Settings> {
+        let file = match (&self.config, &self.listen) {
+            (Some(path), _) => Some(path.clone()),
+            (None, None) => Settings::default_config_file().map(Path::to_path_buf),
+            (None, Some(_)) => None,
+        };
+        let mut settings = match file {
+            Some(path) => crate::config::Config::load(&path)?.proxy.to_settings()?,
+            None => ProxyConfig::default().to_settings()?,
+        };
+        if let Some(listen) = &self.listen {
+            let kind4 = check_kind4(self.kind)?;
+            let kind6 = check_kind6(self.kind6)?;
+            let backends = self.backends.iter().map(|b| parse_backend(b, kind4, kind6)).collect::<Result<Vec<_>>>()?;
+            let listen = parse_addr("listen", listen)?;
+            if backends.is_empty() {
+                return Err(Error::Invalid(format!("listener {listen} has no backends (give --backend ADDR:PORT)")));
+            }
+            let health = HealthSettings {
+                interval: parse_duration("--health-interval", &self.health_interval)?,
+                timeout: parse_duration("--health-timeout", &self.health_timeout)?,
+                rise: self.rise,
+                fall: self.fall,
+            };
+            check_health(&health)?;
+            settings.listeners.push(ListenerSettings {
+                listen,
+                backends,
+                balance: Balance::parse(&self.balance)?,
+                packets: crate::inject::parse_packets(&self.toa_packets)?,
+                connect_timeout: parse_duration("--connect-timeout", &self.connect_timeout)?,
+                idle_timeout: parse_duration("--idle-timeout", &self.idle_timeout)?,
+                health,
+            });
+        } else if !self.backends.is_empty() {
+            return Err(Error::Invalid("--backend needs --listen".into()));
+        }
+        if let Some(w) = self.workers {
+            settings.workers = w;
+        }
+        if let Some(f) = &self.forward {
+            settings.forward = Forward::parse(f)?;
+        }
+        if let Some(p) = &self.stats_socket {
+            settings.stats_socket = p.clone();
+        }
+        if settings.workers == 0 {
+            settings.workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        }
+        settings.check()?;
+        Ok(settings)
+    }
+}
+
+// Keep the defaults of the flags and of the file in one place.
+const _: () = assert!(DEFAULT_CONNECT_TIMEOUT.as_secs() == 5 && DEFAULT_IDLE_TIMEOUT.as_secs() == 300);
+
+/// One listening socket with its backends and counters.
+pub struct Listener {
+    /// What it was configured with.
+    pub settings: ListenerSettings,
+    /// The listening socket, shared by all workers.
+    pub fd: OwnedFd,
+    /// Its backends.
+    pub pool: pool::Pool,
+    /// Its counters.
+    pub stats: stats::ListenerStats,
+}
+
+/// What the workers, the health checker and the stats server share.
+pub struct Shared {
+    /// The listeners.
+    pub listeners: Vec<Listener>,
+    /// The forwarding path.
+    pub forward: Forward,
+    /// Pipe capacity for `splice`.
+    pub pipe_size: usize,
+    /// Buffer size for `copy`.
+    pub buf_size: usize,
+    injector: Option<Mutex<Injector>>,
+    /// The injector's targets map (valid while `injector` lives).
+    targets: Option<RawFd>,
+}
+
+/// Pipe capacity asked for (the kernel rounds it to pages).
+pub const PIPE_SIZE: usize = 1 << 20;
+/// Buffer size of the copy path.
+pub const BUF_SIZE: usize = 256 << 10;
+
+impl Shared {
+    /// Registers `spec` for `socket`'s cookie; returns the cookie to forget after `connect()`.
+    ///
+    /// Workers call this concurrently: it is one `bpf(2)` call on the map's
+    /// descriptor, no lock.
+    pub fn register(&self, socket: impl AsFd, spec: InjectSpec) -> Option<u64> {
+        let map = self.targets?;
+        let result = sys::socket_cookie(socket.as_fd().as_raw_fd()).and_then(|cookie| {
+            sys::bpf_update(map, &cookie, &spec)?;
+            Ok(cookie)
+        });
+        match result {
+            Ok(cookie) => Some(cookie),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register the client address; this connection goes without TOA");
+                None
+            }
+        }
+    }
+
+    /// Drops the entry of a cookie.
+    pub fn forget(&self, cookie: u64) {
+        if let Some(map) = self.targets
+            && let Err(e) = sys::bpf_delete(map, &cookie)
+        {
+            tracing::warn!(error = %e, cookie, "cannot remove a socket's entry");
+        }
+    }
+
+    /// Packets that got the option, and packets that had no room for it.
+    pub fn option_counters(&self) -> (u64, u64) {
+        let Some(injector) = &self.injector else { return (0, 0) };
+        let guard = injector.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.counters() {
+            Ok(s) => (s.total("inject_written").unwrap_or(0), s.total("inject_no_room").unwrap_or(0)),
+            Err(_) => (0, 0),
+        }
+    }
+}
+
+/// The cgroup v2 directory this process is in (from `/proc/self/cgroup`).
+pub fn own_cgroup() -> Result<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(Error::io("reading", "/proc/self/cgroup"))?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| Error::Invalid("this process is in no cgroup v2 (no `0::` line in /proc/self/cgroup)".into()))?;
+    Ok(system::cgroup2_root()?.join(rel.trim().trim_start_matches('/')))
+}
+
+fn bind_listeners(settings: &Settings) -> Result<Vec<Listener>> {
+    settings
+        .listeners
+        .iter()
+        .map(|l| {
+            let fd = sys::listen(l.listen, 4096)
+                .map_err(|e| Error::Invalid(format!("cannot listen on {}: {e}", l.listen)))?;
+            Ok(Listener {
+                settings: l.clone(),
+                fd,
+                pool: pool::Pool::new(&l.backends, l.balance),
+                stats: stats::ListenerStats::default(),
+            })
+        })
+        .collect()
+}
+
+/// Probes every backend once before serving: unreachable ones get a warning
+/// and, when health checks are on, start out of rotation.
+fn initial_checks(listeners: &[Listener]) {
+    for l in listeners {
+        let addrs: Vec<SocketAddr> = l.pool.backends.iter().map(|b| b.settings.addr).collect();
+        let timeout =
+            if l.settings.health.interval.is_zero() { Duration::from_secs(1) } else { l.settings.health.timeout };
+        for (b, result) in l.pool.backends.iter().zip(health::probe(&addrs, timeout)) {
+            if let Err(e) = result {
+                let checked = !l.settings.health.interval.is_zero();
+                if checked {
+                    b.healthy.store(false, Relaxed);
+                }
+                tracing::warn!(
+                    listen = %l.settings.listen,
+                    backend = %b.settings.addr,
+                    error = %e,
+                    "backend unreachable at start; {}",
+                    if checked { "out of rotation until health checks pass" } else { "health checks are off" }
+                );
+            }
+        }
+    }
+}
 
 /// Runs the proxy in the foreground until SIGINT/SIGTERM.
-pub fn run(_args: ProxyArgs) -> Result<()> {
-    Err(Error::Invalid("toa proxy is not available in this build".into()))
+pub fn run(args: ProxyArgs) -> Result<()> {
+    let settings = args.to_settings()?;
+    system::require_root()?;
+    let signals = TerminationSignals::block().map_err(Error::io("blocking SIGINT/SIGTERM", "signals"))?;
+    let listeners = bind_listeners(&settings)?;
+    let cgroup = own_cgroup()?;
+    let injector = Injector::attach(&cgroup)?;
+    let targets = Some(injector.targets_fd().as_raw_fd());
+    tracing::info!(cgroup = %cgroup.display(), "option writer attached to the proxy's own cgroup");
+    initial_checks(&listeners);
+    let shared = Arc::new(Shared {
+        listeners,
+        forward: settings.forward,
+        pipe_size: PIPE_SIZE,
+        buf_size: BUF_SIZE,
+        injector: Some(Mutex::new(injector)),
+        targets,
+    });
+    let _stats = stats::StatsServer::start(&settings.stats_socket, Arc::clone(&shared))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let mut wakers = Vec::new();
+    for i in 0..settings.workers {
+        let wake = Arc::new(sys::eventfd().map_err(Error::io("creating an eventfd", "worker"))?);
+        let worker = engine::Worker::new(Arc::clone(&shared), Arc::clone(&wake), Arc::clone(&stop))
+            .map_err(Error::io("creating an epoll instance", "worker"))?;
+        wakers.push(wake);
+        let t = std::thread::Builder::new()
+            .name(format!("toa-proxy-{i}"))
+            .spawn(move || worker.run())
+            .map_err(Error::io("starting a worker thread", "worker"))?;
+        threads.push(t);
+    }
+    {
+        let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+        let t = std::thread::Builder::new()
+            .name("toa-proxy-health".into())
+            .spawn(move || health::run(shared, stop))
+            .map_err(Error::io("starting the health checker", "health"))?;
+        threads.push(t);
+    }
+    for l in &shared.listeners {
+        let backends: Vec<String> = l
+            .pool
+            .backends
+            .iter()
+            .map(|b| format!("{}{}", b.settings.addr, if b.healthy.load(Relaxed) { "" } else { " (down)" }))
+            .collect();
+        tracing::info!(
+            listen = %l.settings.listen,
+            backends = %backends.join(", "),
+            balance = l.settings.balance.name(),
+            "listening"
+        );
+    }
+    tracing::info!(
+        workers = settings.workers,
+        forward = ?settings.forward,
+        stats = %settings.stats_socket.display(),
+        "proxy ready"
+    );
+    let sig = signals.wait().map_err(Error::io("waiting for a signal", "signals"))?;
+    tracing::info!(signal = sig, "stopping");
+    stop.store(true, Relaxed);
+    for w in &wakers {
+        sys::wake(w.as_raw_fd());
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    let (written, no_room) = shared.option_counters();
+    tracing::info!(options_inserted = written, options_no_room = no_room, "proxy stopped");
+    Ok(())
 }

@@ -1,0 +1,485 @@
+//! What the forwarder is told to do: the `[proxy]` section of the
+//! configuration file and the command line, both turned into validated
+//! [`Settings`].
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use toa_common::inject::packets;
+
+use crate::{Error, Result, inject::parse_packets, paths};
+
+/// Where the running proxy serves its counters.
+pub const DEFAULT_STATS_SOCKET: &str = "/run/toa/proxy.sock";
+
+/// Option kinds the forwarder writes for IPv4 clients (an 8-byte option).
+pub const KINDS_V4: [u8; 3] = [254, 200, 253];
+/// Option kinds the forwarder writes for IPv6 clients (a 20-byte option).
+pub const KINDS_V6: [u8; 2] = [253, 254];
+
+/// The `[proxy]` section of the configuration file.
+///
+/// ```toml
+/// [proxy]
+/// workers = 0                       # 0: one per CPU
+/// stats_socket = "/run/toa/proxy.sock"
+///
+/// [[proxy.listener]]
+/// listen = "0.0.0.0:80"
+/// backends = ["192.0.2.2:8080", { addr = "[2001:db8::2]:8080", kind = 200, kind6 = 254 }]
+/// balance = "round-robin"           # or "least-conn"
+/// kind = 254                        # IPv4 clients: 254, 200 or 253 (8 bytes)
+/// kind6 = 253                       # IPv6 clients: 253 or 254 (20 bytes)
+/// toa_packets = "ack,data"          # any of syn, ack, data
+/// connect_timeout = "5s"
+/// idle_timeout = "5m"
+/// health = { interval = "2s", timeout = "1s", rise = 2, fall = 3 }
+/// ```
+#[derive(Debug, Default, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Worker threads (0: one per CPU).
+    pub workers: usize,
+    /// Unix socket serving the counters (`toa stats` reads it).
+    pub stats_socket: Option<PathBuf>,
+    /// Forwarding path: `splice` (default) or `copy`.
+    pub forward: Option<String>,
+    /// The listeners.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// One `[[proxy.listener]]`.
+#[derive(Debug, Default, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to accept clients on, `ADDR:PORT`.
+    pub listen: String,
+    /// Backends: `"ADDR:PORT"` or `{ addr, kind, kind6 }`.
+    pub backends: Vec<BackendConfig>,
+    /// `round-robin` (default) or `least-conn`.
+    pub balance: Option<String>,
+    /// Option kind for IPv4 clients.
+    pub kind: Option<u8>,
+    /// Option kind for IPv6 clients.
+    pub kind6: Option<u8>,
+    /// Packets that carry the option.
+    pub toa_packets: Option<String>,
+    /// How long to wait for a backend to accept.
+    pub connect_timeout: Option<String>,
+    /// How long a connection may stay silent in both directions.
+    pub idle_timeout: Option<String>,
+    /// Active health checks.
+    pub health: HealthConfig,
+}
+
+/// A backend in the configuration file.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum BackendConfig {
+    /// `"ADDR:PORT"`.
+    Addr(String),
+    /// `{ addr = "ADDR:PORT", kind = 200, kind6 = 254 }`.
+    Full(BackendTable),
+}
+
+/// A backend given as a table.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTable {
+    /// `ADDR:PORT`.
+    pub addr: String,
+    /// Option kind for IPv4 clients (overrides the listener's).
+    pub kind: Option<u8>,
+    /// Option kind for IPv6 clients (overrides the listener's).
+    pub kind6: Option<u8>,
+}
+
+/// `health = { ... }` of a listener.
+#[derive(Debug, Default, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between checks of one backend (`"0"` disables checks).
+    pub interval: Option<String>,
+    /// How long one check may take.
+    pub timeout: Option<String>,
+    /// Consecutive successes that bring a backend back.
+    pub rise: Option<u32>,
+    /// Consecutive failures that take it out.
+    pub fall: Option<u32>,
+}
+
+/// How a backend is chosen for a new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    /// The next healthy backend in turn.
+    RoundRobin,
+    /// The healthy backend with the fewest open connections.
+    LeastConn,
+}
+
+impl Balance {
+    /// Parses `round-robin`/`rr` or `least-conn`/`leastconn`.
+    pub fn parse(s: &str) -> Result<Balance> {
+        match s {
+            "round-robin" | "roundrobin" | "rr" => Ok(Balance::RoundRobin),
+            "least-conn" | "leastconn" | "least-connections" => Ok(Balance::LeastConn),
+            other => Err(Error::Invalid(format!("unknown balance `{other}` (expected round-robin or least-conn)"))),
+        }
+    }
+
+    /// The name used in logs and stats.
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConn => "least-conn",
+        }
+    }
+}
+
+/// How bytes are moved between the two sockets of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forward {
+    /// `splice(2)` through a pipe: the payload never enters user space.
+    Splice,
+    /// `recv`/`send` through a user-space buffer.
+    Copy,
+}
+
+impl Forward {
+    /// Parses `splice` or `copy`.
+    pub fn parse(s: &str) -> Result<Forward> {
+        match s {
+            "splice" => Ok(Forward::Splice),
+            "copy" => Ok(Forward::Copy),
+            other => Err(Error::Invalid(format!("unknown forwarding path `{other}` (expected splice or copy)"))),
+        }
+    }
+}
+
+/// One backend, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSettings {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Option kind for IPv4 clients.
+    pub kind4: u8,
+    /// Option kind for IPv6 clients.
+    pub kind6: u8,
+}
+
+/// Active health checks, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthSettings {
+    /// Time between two checks of a backend; zero disables checks.
+    pub interval: Duration,
+    /// How long one check may take.
+    pub timeout: Duration,
+    /// Consecutive successes to come back.
+    pub rise: u32,
+    /// Consecutive failures to be taken out.
+    pub fall: u32,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings { interval: Duration::from_secs(2), timeout: Duration::from_secs(1), rise: 2, fall: 3 }
+    }
+}
+
+/// One listener, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerSettings {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Where they are forwarded.
+    pub backends: Vec<BackendSettings>,
+    /// How a backend is picked.
+    pub balance: Balance,
+    /// Bits of [`packets`]: which packets carry the option.
+    pub packets: u8,
+    /// Limit for a backend to accept.
+    pub connect_timeout: Duration,
+    /// Limit for silence in both directions.
+    pub idle_timeout: Duration,
+    /// Health checks of the backends.
+    pub health: HealthSettings,
+}
+
+/// Everything the proxy needs to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The listeners.
+    pub listeners: Vec<ListenerSettings>,
+    /// Worker threads.
+    pub workers: usize,
+    /// Where the counters are served.
+    pub stats_socket: PathBuf,
+    /// The forwarding path.
+    pub forward: Forward,
+}
+
+/// Default packets that carry the option: the handshake ACK and data until acknowledged.
+pub const DEFAULT_PACKETS: u8 = packets::ACK | packets::DATA;
+/// Default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default idle timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Parses `ADDR:PORT` (IPv6 as `[2001:db8::1]:80`).
+pub fn parse_addr(what: &str, s: &str) -> Result<SocketAddr> {
+    s.trim()
+        .parse()
+        .map_err(|_| Error::Invalid(format!("{what} `{s}` is not ADDR:PORT (e.g. 192.0.2.1:80 or [2001:db8::1]:80)")))
+}
+
+/// Parses a duration: `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(what: &str, s: &str) -> Result<Duration> {
+    let t = s.trim();
+    let bad = || Error::Invalid(format!("{what} `{s}` is not a duration (e.g. 500ms, 5s, 2m)"));
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Checks a kind for IPv4 clients.
+pub fn check_kind4(kind: u8) -> Result<u8> {
+    if KINDS_V4.contains(&kind) {
+        Ok(kind)
+    } else {
+        Err(Error::Invalid(format!("option kind {kind} for IPv4 clients is not one of 254, 200, 253")))
+    }
+}
+
+/// Checks a kind for IPv6 clients.
+pub fn check_kind6(kind: u8) -> Result<u8> {
+    if KINDS_V6.contains(&kind) {
+        Ok(kind)
+    } else {
+        Err(Error::Invalid(format!("option kind {kind} for IPv6 clients is not one of 253, 254")))
+    }
+}
+
+/// Parses a backend given on the command line: `ADDR:PORT[,kind=N][,kind6=N]`.
+pub fn parse_backend(s: &str, kind4: u8, kind6: u8) -> Result<BackendSettings> {
+    let mut parts = s.split(',');
+    let addr = parse_addr("backend", parts.next().unwrap_or(""))?;
+    let mut b = BackendSettings { addr, kind4, kind6 };
+    for part in parts {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| Error::Invalid(format!("backend `{s}`: `{part}` is not kind=N or kind6=N")))?;
+        let n: u8 =
+            value.trim().parse().map_err(|_| Error::Invalid(format!("backend `{s}`: `{value}` is not a kind")))?;
+        match key.trim() {
+            "kind" => b.kind4 = check_kind4(n)?,
+            "kind6" => b.kind6 = check_kind6(n)?,
+            other => return Err(Error::Invalid(format!("backend `{s}`: unknown setting `{other}` (kind, kind6)"))),
+        }
+    }
+    Ok(b)
+}
+
+impl ListenerConfig {
+    /// Validates one listener of the file.
+    pub fn to_settings(&self) -> Result<ListenerSettings> {
+        let listen = parse_addr("listen", &self.listen)?;
+        let kind4 = check_kind4(self.kind.unwrap_or(254))?;
+        let kind6 = check_kind6(self.kind6.unwrap_or(253))?;
+        let backends = self
+            .backends
+            .iter()
+            .map(|b| match b {
+                BackendConfig::Addr(s) => parse_backend(s, kind4, kind6),
+                BackendConfig::Full(t) => Ok(BackendSettings {
+                    addr: parse_addr("backend", &t.addr)?,
+                    kind4: check_kind4(t.kind.unwrap_or(kind4))?,
+                    kind6: check_kind6(t.kind6.unwrap_or(kind6))?,
+                }),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if backends.is_empty() {
+            return Err(Error::Invalid(format!("listener {listen} has no backends")));
+        }
+        let d = HealthSettings::default();
+        let h = &self.health;
+        let health = HealthSettings {
+            interval: h
+                .interval
+                .as_deref()
+                .map(|s| parse_duration("health interval", s))
+                .transpose()?
+                .unwrap_or(d.interval),
+            timeout: h
+                .timeout
+                .as_deref()
+                .map(|s| parse_duration("health timeout", s))
+                .transpose()?
+                .unwrap_or(d.timeout),
+            rise: h.rise.unwrap_or(d.rise),
+            fall: h.fall.unwrap_or(d.fall),
+        };
+        check_health(&health)?;
+        Ok(ListenerSettings {
+            listen,
+            backends,
+            balance: self.balance.as_deref().map(Balance::parse).transpose()?.unwrap_or(Balance::RoundRobin),
+            packets: self.toa_packets.as_deref().map(parse_packets).transpose()?.unwrap_or(DEFAULT_PACKETS),
+            connect_timeout: self
+                .connect_timeout
+                .as_deref()
+                .map(|s| parse_duration("connect timeout", s))
+                .transpose()?
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            idle_timeout: self
+                .idle_timeout
+                .as_deref()
+                .map(|s| parse_duration("idle timeout", s))
+                .transpose()?
+                .unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            health,
+        })
+    }
+}
+
+/// Checks rise/fall/timeouts.
+pub fn check_health(h: &HealthSettings) -> Result<()> {
+    if h.rise == 0 || h.fall == 0 {
+        return Err(Error::Invalid("health rise and fall must be at least 1".into()));
+    }
+    if !h.interval.is_zero() && h.timeout.is_zero() {
+        return Err(Error::Invalid("health timeout must be above 0".into()));
+    }
+    Ok(())
+}
+
+impl ProxyConfig {
+    /// Validates the section; `Settings` without command-line listeners.
+    pub fn to_settings(&self) -> Result<Settings> {
+        let listeners = self.listeners.iter().map(ListenerConfig::to_settings).collect::<Result<Vec<_>>>()?;
+        Ok(Settings {
+            listeners,
+            workers: self.workers,
+            stats_socket: self.stats_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STATS_SOCKET)),
+            forward: self.forward.as_deref().map(Forward::parse).transpose()?.unwrap_or(Forward::Splice),
+        })
+    }
+}
+
+impl Settings {
+    /// The default config file, if present.
+    pub fn default_config_file() -> Option<&'static Path> {
+        let p = Path::new(paths::CONFIG_FILE);
+        p.exists().then_some(p)
+    }
+
+    /// Refuses two listeners on the same address.
+    pub fn check(&self) -> Result<()> {
+        if self.listeners.is_empty() {
+            return Err(Error::Invalid(
+                "nothing to forward: give --listen ADDR:PORT --backend ADDR:PORT, or [[proxy.listener]] in the config file"
+                    .into(),
+            ));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if self.listeners[..i].iter().any(|o| o.listen == l.listen) {
+                return Err(Error::Invalid(format!("listener {} is given twice", l.listen)));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("t", "250ms").expect("ok"), Duration::from_millis(250));
+        assert_eq!(parse_duration("t", "5s").expect("ok"), Duration::from_secs(5));
+        assert_eq!(parse_duration("t", "2").expect("ok"), Duration::from_secs(2));
+        assert_eq!(parse_duration("t", "1.5s").expect("ok"), Duration::from_millis(1500));
+        assert_eq!(parse_duration("t", "2m").expect("ok"), Duration::from_secs(120));
+        assert!(parse_duration("t", "soon").is_err());
+        assert!(parse_duration("t", "5 parsecs").is_err());
+        assert!(parse_duration("t", "-1s").is_err());
+    }
+
+    #[test]
+    fn backends_with_kinds() {
+        let b = parse_backend("[2001:db8::2]:80,kind=200,kind6=254", 254, 253).expect("valid");
+        assert_eq!(b.addr, "[2001:db8::2]:80".parse().expect("addr"));
+        assert_eq!((b.kind4, b.kind6), (200, 254));
+        assert!(parse_backend("192.0.2.2", 254, 253).is_err());
+        assert!(parse_backend("192.0.2.2:80,kind=28", 254, 253).is_err());
+        assert!(parse_backend("192.0.2.2:80,kind6=200", 254, 253).is_err());
+        assert!(parse_backend("192.0.2.2:80,weight=3", 254, 253).is_err());
+        assert!(parse_addr("listen", "2001:db8::1:80").is_err(), "IPv6 needs brackets");
+    }
+
+    #[test]
+    fn a_config_section_with_two_listeners() {
+        let text = r#"
+            workers = 2
+            stats_socket = "/tmp/p.sock"
+            [[listener]]
+            listen = "0.0.0.0:80"
+            backends = ["192.0.2.2:8080", { addr = "[2001:db8::2]:8080", kind = 200 }]
+            balance = "least-conn"
+            toa_packets = "syn,ack,data"
+            health = { interval = "500ms", rise = 1, fall = 2 }
+            [[listener]]
+            listen = "[::]:443"
+            backends = ["192.0.2.3:443"]
+            kind6 = 254
+            idle_timeout = "10s"
+        "#;
+        let c: ProxyConfig = toml::from_str(text).expect("parses");
+        let s = c.to_settings().expect("valid");
+        s.check().expect("distinct listeners");
+        assert_eq!(s.workers, 2);
+        assert_eq!(s.listeners.len(), 2);
+        let a = &s.listeners[0];
+        assert_eq!(a.balance, Balance::LeastConn);
+        assert_eq!(a.packets, 7);
+        assert_eq!(a.backends[1].kind4, 200);
+        assert_eq!(a.health.interval, Duration::from_millis(500));
+        assert_eq!((a.health.rise, a.health.fall), (1, 2));
+        let b = &s.listeners[1];
+        assert_eq!(b.backends[0].kind6, 254);
+        assert_eq!(b.idle_timeout, Duration::from_secs(10));
+        assert_eq!(b.packets, DEFAULT_PACKETS);
+    }
+
+    #[test]
+    fn bad_sections_are_refused() {
+        for text in [
+            "[[listener]]\nlisten = \"0.0.0.0:80\"\n",
+            "[[listener]]\nlisten = \"nowhere\"\nbackends = [\"192.0.2.2:80\"]\n",
+            "[[listener]]\nlisten = \"0.0.0.0:80\"\nbackends = [\"192.0.2.2:80\"]\nbalance = \"random\"\n",
+            "[[listener]]\nlisten = \"0.0.0.0:80\"\nbackends = [\"192.0.2.2:80\"]\nkind = 7\n",
+            "[[listener]]\nlisten = \"0.0.0.0:80\"\nbackends = [\"192.0.2.2:80\"]\nhealth = { fall = 0 }\n",
+            "forward = \"teleport\"\n",
+        ] {
+            let c: ProxyConfig = toml::from_str(text).expect("parses");
+            assert!(c.to_settings().is_err(), "{text}");
+        }
+        assert!(toml::from_str::<ProxyConfig>("[[listener]]\nlisten = \"0.0.0.0:80\"\nport = 3\n").is_err());
+        assert!(ProxyConfig::default().to_settings().expect("valid").check().is_err(), "no listeners");
+    }
+}
