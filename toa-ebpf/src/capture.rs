@@ -174,8 +174,20 @@ fn on_passive_established(ops: &Ops) {
 }
 
 /// A packet after the handshake on a connection that had no option yet.
+///
+/// With PARSE_UNKNOWN_HDR_OPT_CB_FLAG the kernel calls us only for segments
+/// that carry an option it does not know: a data packet without options (or
+/// with timestamps only) never gets here. So the window "up to the first data
+/// packet" is closed by `bytes_received`, not by seeing that packet.
 fn on_packet(ops: &Ops) {
+    // Read before branching (see `peer_trusted`).
+    let received = ops.bytes_received();
     let Some(cfg) = config() else { return };
+    if received > 0 {
+        // Data arrived earlier without the option: the connection has none.
+        stop_parsing(ops);
+        return;
+    }
     let mut buf = [0u8; OPTION_BUF_LEN];
     let (len, header_len) = copy_options_and_header_len(ops, &mut buf);
     let has_payload = ops.skb_len() as usize > header_len;
@@ -277,8 +289,14 @@ fn copy_options_and_header_len(ops: &Ops, buf: &mut [u8; OPTION_BUF_LEN]) -> (us
 }
 
 /// Stores the real client on the socket unless one is stored already.
+///
+/// An option without a port (Alibaba CDN's 28/7 and 28/19, or port 0) keeps
+/// the connection's transport port, as Alibaba's module does (it replaces
+/// only the address): port 0 is never a usable peer port.
 #[inline(always)]
 fn store(ops: &Ops, client: &ClientAddr, from: u8) {
+    // Read before branching (see `peer_trusted`).
+    let transport_port = ((ops.remote_port() >> 16) as u16).to_ne_bytes();
     let Some(rec) = ops.storage::<PeerRecord>(raw(&TOA_PEERS), true) else {
         count(Counter::ToaStoreFailed);
         return;
@@ -289,7 +307,7 @@ fn store(ops: &Ops, client: &ClientAddr, from: u8) {
         return;
     }
     rec.addr = client.addr;
-    rec.port = client.port;
+    rec.port = if client.port == [0, 0] { transport_port } else { client.port };
     rec.kind = client.kind;
     rec.source = from;
     // SAFETY: plain helper call.

@@ -67,10 +67,20 @@ impl Ops {
         remote_ip6_3, remote_ip6[3]);
     field!(/// Local port, host order.
         local_port, local_port);
+    field!(/// Peer port: network order in the upper 16 bits (as the kernel loads it).
+        remote_port, remote_port);
     field!(/// Outgoing packet: payload length (HDR_OPT_LEN), or the whole packet's.
         skb_len, skb_len);
     field!(/// Outgoing or incoming packet's TCP flags.
         skb_tcp_flags, skb_tcp_flags);
+
+    /// Payload bytes received on the connection so far (the packet being
+    /// parsed is not counted yet at PARSE_HDR_OPT_CB).
+    #[inline(always)]
+    pub fn bytes_received(&self) -> u64 {
+        // SAFETY: fixed-offset 8-byte context read.
+        unsafe { read_volatile(addr_of!((*self.raw).bytes_received)) }
+    }
 
     /// Start of the packet's TCP header.
     #[inline(always)]

@@ -24,6 +24,12 @@ pub fn getsockopt(ctx: &SockoptContext) {
     if level != SOL_IP
         || (optname != toa_common::compat::VTOA_GET_PEER && optname != toa_common::compat::TOA_SO_GET_LOOKUP)
     {
+        // optlen 0: "keep what the kernel wrote to the caller's buffer". The
+        // hook then skips copying its copy of the value (and the length) back
+        // to userspace, which it would otherwise do on every call in the
+        // cgroup (see the cgroup sockopt documentation, "Large optval").
+        // SAFETY: writable context field of cgroup/getsockopt.
+        unsafe { write_volatile(addr_of_mut!((*so).optlen), 0) };
         return;
     }
     // SAFETY: fixed-offset context reads.

@@ -17,6 +17,7 @@ pub mod inject;
 pub mod lock;
 pub mod metrics;
 pub mod paths;
+pub mod peer;
 pub mod programs;
 pub mod proxy;
 pub mod signals;
@@ -25,3 +26,4 @@ pub mod status;
 pub mod system;
 
 pub use error::{Error, Result};
+pub use peer::real_peer;
