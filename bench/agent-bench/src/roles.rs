@@ -1,0 +1,522 @@
+//! The processes the orchestrator starts inside the namespaces and cgroups
+//! (the same binary re-executed with `--role NAME`): they create the sockets,
+//! so the eBPF programs attached to those cgroups see them.
+//!
+//! Each role prints what the orchestrator waits for on stdout, one line at a
+//! time, and takes commands on stdin where it has any.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::net::{self, Epoll};
+
+/// Options of a role, `--key value` pairs.
+pub struct Args(HashMap<String, String>);
+
+impl Args {
+    /// Parses `--key value` pairs.
+    pub fn parse(args: &[String]) -> Args {
+        let mut map = HashMap::new();
+        let mut it = args.iter();
+        while let Some(k) = it.next() {
+            let key = k.strip_prefix("--").unwrap_or_else(|| fail(&format!("unexpected argument {k}")));
+            let value = it.next().unwrap_or_else(|| fail(&format!("--{key} needs a value")));
+            map.insert(key.to_owned(), value.clone());
+        }
+        Args(map)
+    }
+
+    /// A required option.
+    pub fn get(&self, key: &str) -> &str {
+        self.0.get(key).map_or_else(|| fail(&format!("--{key} is required")), String::as_str)
+    }
+
+    /// A required option, parsed.
+    pub fn num<T: std::str::FromStr>(&self, key: &str) -> T {
+        self.get(key).parse().unwrap_or_else(|_| fail(&format!("--{key}: bad value {}", self.get(key))))
+    }
+
+    /// An optional option.
+    pub fn opt(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn dst(&self) -> SocketAddrV4 {
+        self.num("dst")
+    }
+
+    fn srcs(&self) -> Vec<Ipv4Addr> {
+        self.get("srcs").split(',').map(|s| s.parse().unwrap_or_else(|_| fail(&format!("bad source {s}")))).collect()
+    }
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("bench role: {msg}");
+    std::process::exit(2)
+}
+
+fn say(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// The real client the scale test writes for connection `i`: every
+/// connection gets its own address and port.
+pub fn indexed_client(i: u32) -> SocketAddrV4 {
+    let ip = Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
+    SocketAddrV4::new(ip, 1024 + (i % 64000) as u16)
+}
+
+/// Runs role `name`.
+pub fn run(name: &str, args: &Args) {
+    net::raise_nofile();
+    let r = match name {
+        "rr-server" => rr_server(args),
+        "rr-client" => rr_client(args),
+        "syscall-server" => syscall_server(args),
+        "hold-client" => hold_client(args),
+        "hold-server" => hold_server(args),
+        "open-client" => open_client(args),
+        _ => fail(&format!("unknown role {name}")),
+    };
+    if let Err(e) = r {
+        fail(&format!("{name}: {e}"));
+    }
+}
+
+const LISTENER: u64 = u64::MAX;
+const STDIN: u64 = u64::MAX - 1;
+
+/// Reads one command line from stdin (the orchestrator writes whole lines).
+/// CPU seconds (user + system) this process has used.
+fn cpu_secs() -> f64 {
+    // SAFETY: all-zero is a valid rusage; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+fn stdin_line() -> Option<String> {
+    let mut line = String::new();
+    match io::stdin().lock().read_line(&mut line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(line.trim().to_owned()),
+    }
+}
+
+/// Short-connection server: accept (with the address, as servers do), read
+/// the byte, answer one byte, close on EOF. `report` on stdin prints and
+/// resets how many connections it accepted and how many of them `accept()`
+/// reported as coming from `--expect` (the translated address).
+fn rr_server(args: &Args) -> io::Result<()> {
+    let expect: Ipv4Addr = args.num("expect");
+    let lst = net::listener(args.num("port"), false)?;
+    let mut ep = Epoll::new(512)?;
+    ep.add(lst, libc::EPOLLIN as u32, LISTENER)?;
+    ep.add(0, libc::EPOLLIN as u32, STDIN)?;
+    say("listening");
+    let (mut accepted, mut translated) = (0u64, 0u64);
+    let mut buf = [0u8; 64];
+    loop {
+        let n = ep.wait(-1)?;
+        for i in 0..n {
+            let (token, _) = ep.event(i);
+            match token {
+                LISTENER => {
+                    while let Some((fd, addr)) = net::accept(lst)? {
+                        accepted += 1;
+                        translated += u64::from(*addr.ip() == expect);
+                        ep.add(fd, libc::EPOLLIN as u32, fd as u64)?;
+                    }
+                }
+                STDIN => match stdin_line().as_deref() {
+                    Some("report") => {
+                        say(&format!("accepted={accepted} translated={translated} cpu={:.3}", cpu_secs()));
+                        (accepted, translated) = (0, 0);
+                    }
+                    Some(_) => {}
+                    None => return Ok(()),
+                },
+                fd => {
+                    let fd = fd as RawFd;
+                    match net::read(fd, &mut buf) {
+                        Ok(Some(0)) | Err(_) => net::close(fd),
+                        Ok(Some(_)) => {
+                            if net::write(fd, b"y").is_err() {
+                                net::close(fd);
+                            }
+                        }
+                        Ok(None) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One connection of the short-connection client.
+#[derive(Clone, Copy)]
+enum Slot {
+    Idle,
+    Connecting(RawFd),
+    Waiting(RawFd),
+}
+
+/// Short-connection load: `--parallel` connections in flight on one epoll
+/// set, each: connect, write 1 byte, read 1 byte, close; new ones for
+/// `--secs` seconds. Prints `conns=N errors=E secs=S`.
+fn rr_client(args: &Args) -> io::Result<()> {
+    let dst = args.dst();
+    let srcs = args.srcs();
+    let parallel: usize = args.num("parallel");
+    let secs: f64 = args.num("secs");
+    let mut ep = Epoll::new(512)?;
+    let mut slots = vec![Slot::Idle; parallel];
+    let (mut done, mut errors, mut next_src) = (0u64, 0u64, 0usize);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut open = |slot: usize, ep: &Epoll, errors: &mut u64| -> Slot {
+        for _ in 0..10 {
+            let src = srcs[next_src % srcs.len()];
+            next_src += 1;
+            match net::start_connect(src, dst) {
+                Ok(fd) => {
+                    if ep.add(fd, libc::EPOLLOUT as u32, slot as u64).is_ok() {
+                        return Slot::Connecting(fd);
+                    }
+                    net::close(fd);
+                }
+                Err(_) => *errors += 1,
+            }
+        }
+        Slot::Idle
+    };
+    for (i, slot) in slots.iter_mut().enumerate() {
+        *slot = open(i, &ep, &mut errors);
+    }
+    let mut buf = [0u8; 16];
+    while slots.iter().any(|s| !matches!(s, Slot::Idle)) {
+        let n = ep.wait(1000)?;
+        for e in 0..n {
+            let (token, bits) = ep.event(e);
+            let slot = token as usize;
+            match slots[slot] {
+                Slot::Connecting(fd) => {
+                    if bits & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 || net::write(fd, b"x").is_err() {
+                        errors += 1;
+                        net::close(fd);
+                        slots[slot] = Slot::Idle;
+                    } else {
+                        ep.modify(fd, libc::EPOLLIN as u32, token)?;
+                        slots[slot] = Slot::Waiting(fd);
+                        continue;
+                    }
+                }
+                Slot::Waiting(fd) => match net::read(fd, &mut buf) {
+                    Ok(None) => continue,
+                    Ok(Some(1..)) => {
+                        done += 1;
+                        net::close(fd);
+                        slots[slot] = Slot::Idle;
+                    }
+                    Ok(Some(0)) | Err(_) => {
+                        errors += 1;
+                        net::close(fd);
+                        slots[slot] = Slot::Idle;
+                    }
+                },
+                Slot::Idle => continue,
+            }
+            if Instant::now() < end {
+                slots[slot] = open(slot, &ep, &mut errors);
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    say(&format!("conns={done} errors={errors} secs={secs:.4} cpu={:.3}", cpu_secs()));
+    Ok(())
+}
+
+/// Times `getpeername()` and two unrelated `getsockopt()` calls in tight
+/// loops: `--rounds` rounds of `--iters` calls each. Listener A is created
+/// in the cgroup the process starts in (where the agent may be attached);
+/// with `--plain-cgroup DIR` the process then moves there and creates
+/// listener B on the next port, and every round times a socket accepted on
+/// each, back to back, so machine noise hits both alike. Prints the median
+/// ns/call on A and the median of the per-round differences A - B.
+fn syscall_server(args: &Args) -> io::Result<()> {
+    let port: u16 = args.num("port");
+    let lst_a = net::listener(port, false)?;
+    let lst_b = match args.opt("plain-cgroup") {
+        Some(dir) => {
+            std::fs::write(Path::new(dir).join("cgroup.procs"), "0")?;
+            Some(net::listener(port + 1, false)?)
+        }
+        None => None,
+    };
+    let iters: u32 = args.num("iters");
+    let rounds: usize = args.num("rounds");
+    say("listening");
+    let accept_one = |lst: RawFd| -> io::Result<RawFd> {
+        loop {
+            if let Some((fd, _)) = net::accept(lst)? {
+                return Ok(fd);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let fd_a = accept_one(lst_a)?;
+    let fd_b = match lst_b {
+        Some(l) => Some(accept_one(l)?),
+        None => None,
+    };
+    let peer = net::peer(fd_a)?;
+    let time = |fd: RawFd, kind: usize| -> f64 {
+        // SAFETY: all-zero is valid for these plain C structs.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut small: libc::c_int = 0;
+        let t = Instant::now();
+        for _ in 0..iters {
+            // SAFETY: valid out buffers of the announced sizes.
+            unsafe {
+                match kind {
+                    0 => {
+                        let mut len = net::len_of::<libc::sockaddr_in>();
+                        libc::getpeername(fd, (&raw mut sa).cast(), &mut len);
+                    }
+                    1 => {
+                        let mut len = net::len_of::<libc::tcp_info>();
+                        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len);
+                    }
+                    _ => {
+                        let mut len = net::len_of::<libc::c_int>();
+                        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw mut small).cast(), &mut len);
+                    }
+                }
+            }
+        }
+        t.elapsed().as_nanos() as f64 / f64::from(iters)
+    };
+    let mut on: [Vec<f64>; 3] = Default::default();
+    let mut diff: [Vec<f64>; 3] = Default::default();
+    for _ in 0..rounds {
+        for kind in 0..3 {
+            let a = time(fd_a, kind);
+            on[kind].push(a);
+            if let Some(b) = fd_b {
+                diff[kind].push(a - time(b, kind));
+            }
+        }
+    }
+    let [mut gp, mut gs, mut gsmall] = on;
+    let [mut dgp, mut dgs, mut dgsmall] = diff;
+    say(&format!(
+        "peer={peer} getpeername_ns={:.1} getsockopt_ns={:.1} getsockopt_small_ns={:.1} \
+         getpeername_diff={:.1} getsockopt_diff={:.1} getsockopt_small_diff={:.1}",
+        crate::median(&mut gp),
+        crate::median(&mut gs),
+        crate::median(&mut gsmall),
+        crate::median(&mut dgp),
+        crate::median(&mut dgs),
+        crate::median(&mut dgsmall),
+    ));
+    // Keep the sockets until the orchestrator stops us.
+    let _ = stdin_line();
+    Ok(())
+}
+
+/// Connects to `--dst` (and `--dst2`) and keeps the connections until the server closes them.
+fn hold_client(args: &Args) -> io::Result<()> {
+    let mut s = std::net::TcpStream::connect(args.dst())?;
+    s.write_all(b"x")?;
+    let _second = match args.opt("dst2") {
+        Some(d) => {
+            let addr: SocketAddrV4 = d.parse().unwrap_or_else(|_| fail(&format!("bad --dst2 {d}")));
+            Some(std::net::TcpStream::connect(addr)?)
+        }
+        None => None,
+    };
+    let mut buf = [0u8; 16];
+    while std::io::Read::read(&mut s, &mut buf)? > 0 {}
+    Ok(())
+}
+
+/// What `hold-server` expects `getpeername()` to return.
+enum Expect {
+    Any,
+    Fixed(SocketAddrV4),
+    Indexed,
+}
+
+/// Accepts connections and keeps them open. The first bytes of each are its
+/// index (u32, little endian); `getpeername()` is checked against
+/// `--expect` (`any`, `fixed:IP:PORT`, or `indexed`: [`indexed_client`]).
+/// Closes a connection when the client does. `count` on stdin prints
+/// `accepted=A verified=V bad=B closed=C`.
+fn hold_server(args: &Args) -> io::Result<()> {
+    let expect = match args.get("expect") {
+        "any" => Expect::Any,
+        "indexed" => Expect::Indexed,
+        s => Expect::Fixed(
+            s.strip_prefix("fixed:").and_then(|a| a.parse().ok()).unwrap_or_else(|| fail(&format!("bad --expect {s}"))),
+        ),
+    };
+    let lst = net::listener(args.num("port"), args.opt("reuseport") == Some("1"))?;
+    let mut ep = Epoll::new(1024)?;
+    ep.add(lst, libc::EPOLLIN as u32, LISTENER)?;
+    ep.add(0, libc::EPOLLIN as u32, STDIN)?;
+    say("listening");
+    let (mut accepted, mut verified, mut bad, mut closed) = (0u64, 0u64, 0u64, 0u64);
+    let mut buf = [0u8; 64];
+    loop {
+        let n = ep.wait(-1)?;
+        for i in 0..n {
+            match ep.event(i).0 {
+                LISTENER => {
+                    while let Some((fd, _)) = net::accept(lst)? {
+                        accepted += 1;
+                        ep.add(fd, (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, fd as u64)?;
+                    }
+                }
+                STDIN => match stdin_line().as_deref() {
+                    Some("count") => say(&format!("accepted={accepted} verified={verified} bad={bad} closed={closed}")),
+                    Some(_) => {}
+                    None => return Ok(()),
+                },
+                fd => {
+                    let fd = fd as RawFd;
+                    match net::read(fd, &mut buf) {
+                        Ok(None) => {}
+                        Ok(Some(n)) if n >= 4 => {
+                            let index = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                            let got = net::peer(fd).ok();
+                            let ok = match expect {
+                                Expect::Any => got.is_some(),
+                                Expect::Fixed(a) => got == Some(a),
+                                Expect::Indexed => got == Some(indexed_client(index)),
+                            };
+                            if ok {
+                                verified += 1;
+                            } else {
+                                bad += 1;
+                                if bad <= 5 {
+                                    eprintln!("hold-server: connection {index}: getpeername {got:?}");
+                                }
+                            }
+                        }
+                        Ok(Some(_)) | Err(_) => {
+                            closed += 1;
+                            let _ = ep.delete(fd);
+                            net::close(fd);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens `--n` connections (indices `--base`..) from the `--srcs` addresses
+/// round robin, at most `--window` handshakes in flight, writes each one's
+/// index and keeps it open. With `--inject CGROUP` it attaches its own
+/// option writer to that cgroup and gives every connection its own real
+/// client ([`indexed_client`]). Prints `progress K` now and then and
+/// `open N errors E` at the end, then closes everything when stdin closes
+/// and prints `closed`.
+fn open_client(args: &Args) -> io::Result<()> {
+    let dst = args.dst();
+    let srcs = args.srcs();
+    let n: u32 = args.num("n");
+    let base: u32 = args.num("base");
+    let window: usize = args.num("window");
+    let mut injector = match args.opt("inject") {
+        Some(cg) => Some(toa::inject::Injector::attach(Path::new(cg)).map_err(io::Error::other)?),
+        None => None,
+    };
+    let mut ep = Epoll::new(1024)?;
+    let mut fds: Vec<RawFd> = Vec::with_capacity(n as usize);
+    // Handshakes in flight: fd -> (index, cookie of its writer target).
+    let mut pending: HashMap<RawFd, (u32, Option<u64>)> = HashMap::new();
+    let (mut next, mut errors) = (0u32, 0u32);
+    let mut last_progress = Instant::now();
+    let report = |e: &dyn std::fmt::Display, errors: &mut u32| {
+        *errors += 1;
+        if *errors <= 5 {
+            eprintln!("open-client: {e}");
+        }
+    };
+    while (fds.len() as u32) + errors < n {
+        while next < n && pending.len() < window {
+            let index = base + next;
+            next += 1;
+            let src = srcs[index as usize % srcs.len()];
+            let fd = match net::client_socket(src) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    report(&e, &mut errors);
+                    continue;
+                }
+            };
+            let mut cookie = None;
+            if let Some(inj) = injector.as_mut() {
+                let spec =
+                    toa::inject::spec_for(indexed_client(index).into(), 254, None, toa_common::inject::packets::ACK)
+                        .map_err(io::Error::other)?;
+                // SAFETY: `fd` is open for the duration of the call.
+                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                cookie = Some(inj.set_for_socket(borrowed, spec).map_err(io::Error::other)?);
+            }
+            if let Err(e) = net::connect(fd, dst).and_then(|()| ep.add(fd, libc::EPOLLOUT as u32, fd as u64)) {
+                report(&e, &mut errors);
+                if let (Some(inj), Some(c)) = (injector.as_mut(), cookie) {
+                    let _ = inj.forget(c);
+                }
+                net::close(fd);
+                continue;
+            }
+            pending.insert(fd, (index, cookie));
+        }
+        let k = ep.wait(1000)?;
+        for e in 0..k {
+            let (token, bits) = ep.event(e);
+            let fd = token as RawFd;
+            let Some((index, cookie)) = pending.remove(&fd) else { continue };
+            let _ = ep.delete(fd);
+            if let (Some(inj), Some(c)) = (injector.as_mut(), cookie) {
+                let _ = inj.forget(c);
+            }
+            let err = net::so_error(fd);
+            if bits & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 || err != 0 {
+                report(&io::Error::from_raw_os_error(err), &mut errors);
+                net::close(fd);
+                continue;
+            }
+            if let Err(e) = net::write(fd, &index.to_le_bytes()) {
+                report(&e, &mut errors);
+                net::close(fd);
+                continue;
+            }
+            fds.push(fd);
+        }
+        if last_progress.elapsed() > Duration::from_secs(1) {
+            say(&format!("progress {}", fds.len()));
+            last_progress = Instant::now();
+        }
+    }
+    say(&format!("open {} errors {errors}", fds.len()));
+    let _ = stdin_line();
+    for fd in fds {
+        net::close(fd);
+    }
+    say("closed");
+    Ok(())
+}
