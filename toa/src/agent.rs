@@ -48,6 +48,8 @@ pub struct AgentConfig {
     pub capture_syn: bool,
     /// Look at packets after the ACK, up to the first data packet.
     pub capture_data: bool,
+    /// Attach the getsockopt program.
+    pub getsockopt: bool,
     /// Trusted forwarder prefixes; empty trusts every sender.
     pub trusted: Vec<Prefix>,
     /// Local ports to act on; empty means all.
@@ -64,6 +66,7 @@ impl Default for AgentConfig {
             formats: DEFAULT_FORMATS.to_vec(),
             capture_syn: false,
             capture_data: true,
+            getsockopt: true,
             trusted: Vec::new(),
             ports: Vec::new(),
             persist: false,
@@ -80,10 +83,16 @@ impl AgentConfig {
             formats: c.parsed_formats()?,
             capture_syn: c.capture_syn,
             capture_data: c.capture_data,
+            getsockopt: c.getsockopt,
             trusted: c.parsed_trusted()?,
             ports: c.ports.clone(),
             persist: c.persist,
         })
+    }
+
+    /// The programs this configuration enables (the declarative table, filtered).
+    pub fn programs(&self) -> impl Iterator<Item = &'static ProgramSpec> + '_ {
+        RECEIVER.iter().filter(|spec| spec.hook != programs::Hook::GetSockopt || self.getsockopt)
     }
 
     fn receiver_config(&self) -> ReceiverConfig {
@@ -121,6 +130,8 @@ pub struct Agent {
     ebpf: Ebpf,
     config: AgentConfig,
     scopes: Vec<Scope>,
+    /// Programs this kernel could not load (optional ones only).
+    unavailable: Vec<&'static str>,
     _lock: InstanceLock,
 }
 
@@ -143,11 +154,27 @@ impl Agent {
         let started = (|| -> Result<Agent> {
             drop_incompatible_maps(pins);
             let mut ebpf = ebpf::load_pinned(pins)?;
+            let mut unavailable = Vec::new();
             for spec in &RECEIVER {
-                programs::load(&mut ebpf, spec)?;
+                match programs::load(&mut ebpf, spec) {
+                    Ok(()) => {}
+                    // The vendor getsockopt calls are an extra: without them
+                    // getpeername()/accept() still work, so degrade and say so.
+                    Err(e) if spec.hook == programs::Hook::GetSockopt => {
+                        tracing::warn!(error = %e, "vendor getsockopt calls (1348, 4096) are not available on this kernel");
+                        unavailable.push(spec.name);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            let mut agent =
-                Agent { links: BTreeMap::new(), ebpf, config: config.clone(), scopes: Vec::new(), _lock: lock };
+            let mut agent = Agent {
+                links: BTreeMap::new(),
+                ebpf,
+                config: config.clone(),
+                scopes: Vec::new(),
+                unavailable,
+                _lock: lock,
+            };
             agent.links = existing_link_pins(pins);
             agent.apply_with(config, scopes)?;
             Ok(agent)
@@ -186,7 +213,7 @@ impl Agent {
         let mut fresh = Vec::new();
         for scope in &scopes {
             let dir = File::open(&scope.path).map_err(Error::io("opening", &scope.path))?;
-            for spec in &RECEIVER {
+            for spec in config.programs().filter(|s| !self.unavailable.contains(&s.name)) {
                 let link = programs::attach_link(&mut self.ebpf, spec, &dir)?;
                 fresh.push((link_name(spec, scope), link));
             }
@@ -204,7 +231,7 @@ impl Agent {
         }
         // Finally drop links that are no longer wanted.
         let wanted: Vec<String> =
-            scopes.iter().flat_map(|scope| RECEIVER.iter().map(move |spec| link_name(spec, scope))).collect();
+            scopes.iter().flat_map(|scope| config.programs().map(move |spec| link_name(spec, scope))).collect();
         let stale: Vec<String> = self.links.keys().filter(|k| !wanted.contains(k)).cloned().collect();
         for name in stale {
             if let Some(link) = self.links.remove(&name) {
@@ -228,8 +255,8 @@ impl Agent {
     }
 
     /// The attached programs.
-    pub fn programs(&self) -> impl Iterator<Item = &'static ProgramSpec> {
-        RECEIVER.iter()
+    pub fn programs(&self) -> impl Iterator<Item = &'static ProgramSpec> + '_ {
+        self.config.programs().filter(|s| !self.unavailable.contains(&s.name))
     }
 
     /// The loaded object (for readers such as the metrics collector).

@@ -98,6 +98,9 @@ struct AgentArgs {
     /// Do not look for the option in the packets after the handshake ACK.
     #[arg(long)]
     no_capture_data: bool,
+    /// Do not attach the getsockopt program (vendor calls 1348/4096 unanswered, no per-call cost).
+    #[arg(long)]
+    no_getsockopt: bool,
     /// Keep the programs attached after a clean stop.
     #[arg(long)]
     persist: bool,
@@ -227,6 +230,7 @@ fn agent_settings(args: &AgentArgs) -> Result<(Config, AgentConfig)> {
     }
     settings.capture_syn |= args.capture_syn;
     settings.capture_data &= !args.no_capture_data;
+    settings.getsockopt &= !args.no_getsockopt;
     settings.persist |= args.persist;
     Ok((file, settings))
 }

@@ -25,6 +25,8 @@ pub struct Config {
     pub capture_syn: bool,
     /// Look at the packets after the ACK, up to the first data packet.
     pub capture_data: bool,
+    /// Attach the getsockopt program (vendor calls 1348 and 4096).
+    pub getsockopt: bool,
     /// Trusted forwarder prefixes; empty trusts everyone.
     pub trusted: Vec<String>,
     /// cgroups to attach to; empty means the cgroup v2 root.
@@ -47,6 +49,7 @@ impl Default for Config {
             formats: toa_common::format::DEFAULT_FORMATS.iter().map(ToString::to_string).collect(),
             capture_syn: false,
             capture_data: true,
+            getsockopt: true,
             trusted: Vec::new(),
             cgroups: Vec::new(),
             ports: Vec::new(),

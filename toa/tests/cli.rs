@@ -187,3 +187,22 @@ fn a_killed_agent_is_replaced_without_detaching_and_its_pins_adopted() {
     assert_eq!(attached_to(cg.path()).trim(), "");
     assert!(!first.pins.exists());
 }
+
+#[test]
+fn the_getsockopt_program_is_left_out_when_not_wanted() {
+    if !privileged("the_getsockopt_program_is_left_out_when_not_wanted") {
+        return;
+    }
+    let cg = Cgroup::new("toa-cli");
+    let agent = AgentProc::start(cg.path(), &["--no-getsockopt"]);
+    let attached = attached_to(cg.path());
+    assert_eq!(attached.matches("toa_").count(), 3, "{attached}");
+    assert!(!attached.contains("getsockopt"), "{attached}");
+    let status = toa(&["status", "--json", "--pin-dir", &agent.pins.to_string_lossy()]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json prints JSON");
+    let programs: Vec<&str> =
+        status["links"].as_array().expect("links").iter().filter_map(|l| l["program"].as_str()).collect();
+    assert!(!programs.contains(&"toa_getsockopt"), "{programs:?}");
+    assert_eq!(programs.len(), 3, "{programs:?}");
+    agent.stop();
+}
