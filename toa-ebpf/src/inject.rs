@@ -46,10 +46,10 @@ fn state(ops: &Ops) -> Option<&'static mut InjectState> {
 fn on_connect(ops: &Ops) {
     // SAFETY: sock_ops context is a valid argument for this helper.
     let cookie = unsafe { bpf_get_socket_cookie(ops.raw().cast()) };
-    let spec = match TOA_INJECT_TARGETS.get_ptr(cookie) {
-        Some(p) => p,
+    let (spec, own_entry) = match TOA_INJECT_TARGETS.get_ptr(cookie) {
+        Some(p) => (p, true),
         None => match TOA_INJECT_TARGETS.get_ptr(DEFAULT_TARGET) {
-            Some(p) => p,
+            Some(p) => (p, false),
             None => return,
         },
     };
@@ -60,6 +60,12 @@ fn on_connect(ops: &Ops) {
     unsafe {
         (*st).spec = *spec;
         (*st).established = 0;
+    }
+    if own_entry {
+        // Copied into the socket: the per-socket entry has served its purpose.
+        // Removing it here saves the forwarder a syscall per connection and
+        // leaves no entry behind whatever happens to the socket.
+        let _ = TOA_INJECT_TARGETS.remove(cookie);
     }
     ops.set_cb_flags(ops.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
 }

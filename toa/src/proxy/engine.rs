@@ -278,7 +278,8 @@ impl Worker {
         tracing::debug!(client = %conn.peer, backend = %b.settings.addr, error = %e, "backend connect failed");
     }
 
-    /// socket → register the client's address for its cookie → connect → forget.
+    /// socket → register the client's address for its cookie → connect (the
+    /// writer consumes the entry; it is removed here only if connect failed).
     fn open_upstream(&self, conn: &Conn, bi: usize) -> io::Result<OwnedFd> {
         let listener = &self.shared.listeners[conn.listener];
         let b = &listener.pool.backends[bi].settings;
@@ -293,7 +294,9 @@ impl Worker {
             }
         };
         let result = sys::connect(up.as_raw_fd(), b.addr);
-        if let Some(cookie) = cookie {
+        // The writer removes a socket's entry itself once connect() reaches
+        // TCP; only a connect() that failed before that leaves it behind.
+        if let (Some(cookie), Err(_)) = (cookie, &result) {
             self.shared.forget(cookie);
         }
         result.map(|_| up)

@@ -3,8 +3,8 @@
 //!
 //! For every client: pick a healthy backend ([`pool`]), open the upstream
 //! socket, register the client's address for the socket's cookie with the
-//! sock_ops writer ([`crate::inject::Injector`]), connect, forget the entry
-//! (the writer copied it into the socket's storage during `connect()`), then
+//! sock_ops writer ([`crate::inject::Injector`]), connect (the writer copies
+//! the entry into the socket's storage and removes it during `connect()`), then
 //! forward both ways ([`engine`], [`pump`]) until both sides closed.
 //!
 //! The writer only sees sockets made by processes in the cgroup it is
@@ -204,10 +204,11 @@ impl Shared {
         }
     }
 
-    /// Drops the entry of a cookie.
+    /// Drops the entry of a cookie (already gone if the writer consumed it).
     pub fn forget(&self, cookie: u64) {
         if let Some(map) = self.targets
             && let Err(e) = sys::bpf_delete(map, &cookie)
+            && e.raw_os_error() != Some(libc::ENOENT)
         {
             tracing::warn!(error = %e, cookie, "cannot remove a socket's entry");
         }
