@@ -14,22 +14,11 @@ use std::{
     time::Duration,
 };
 
-use common::{AgentProc, Lab, READY, privileged, start_injector};
+use common::{AgentProc, Lab, ONE_BYTE_CLIENT, READY, privileged, start_injector};
 use integration_test::process::{Spawned, Stream, command_in, spawn};
 
 const CLIENT_V4: &str = "203.0.113.7:4242";
 const CLIENT_V6: &str = "[2001:db8:99::7]:4242";
-
-/// Connects, sends one byte, waits for the server to close.
-const CLIENT: &str = r#"
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-s.sendall(b"x")
-try:
-    s.recv(1)
-except OSError:
-    pass
-"#;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
@@ -83,7 +72,7 @@ fn serve(lab: &Lab, program: &Path, args: &[&str]) -> Spawned {
 /// Runs the one-shot snippet `name` on BIND:PORT, connects once, returns the line it printed.
 fn snippet(lab: &Lab, name: &str, bind: &str, port: u16, connect: &str, pred: impl Fn(&str) -> bool) -> String {
     let mut server = serve(lab, &binaries().join(name), &[bind, &port.to_string(), "1"]);
-    let out = lab.client(&["python3", "-c", CLIENT, connect, &port.to_string()]);
+    let out = lab.client(&["python3", "-c", ONE_BYTE_CLIENT, connect, &port.to_string()]);
     assert!(out.status.success(), "client: {}", String::from_utf8_lossy(&out.stderr));
     let line = server.wait_for_line(Stream::Stdout, pred, READY);
     server.wait_exit(READY);
@@ -191,7 +180,7 @@ fn short_buffers_and_missing_data_fail_and_everything_else_passes_through() {
     ];
     for (inject, want) in cases {
         let _inject = (!inject.is_empty()).then(|| start_injector(lab.cli_cg.path(), inject));
-        let out = lab.client(&["python3", "-c", CLIENT, "192.0.2.2", "9120"]);
+        let out = lab.client(&["python3", "-c", ONE_BYTE_CLIENT, "192.0.2.2", "9120"]);
         assert!(out.status.success(), "client: {}", String::from_utf8_lossy(&out.stderr));
         let line = probe.wait_for_line(Stream::Stdout, |l| l.starts_with("v16="), READY);
         assert_eq!(line, want, "injecting {inject:?}");
@@ -247,7 +236,7 @@ fn the_library_returns_the_real_client() {
         // libtest prints "test real_peer_helper ... " in front of it.
         helper.wait_for_line(Stream::Stdout, |l| l.ends_with("listening"), READY);
         let port = bind.rsplit(':').next().expect("port");
-        let out = lab.client(&["python3", "-c", CLIENT, "192.0.2.2", port]);
+        let out = lab.client(&["python3", "-c", ONE_BYTE_CLIENT, "192.0.2.2", port]);
         assert!(out.status.success(), "client: {}", String::from_utf8_lossy(&out.stderr));
         let line = helper.wait_for_line(Stream::Stdout, |l| l.starts_with("real="), READY);
         assert!(line.starts_with(&want), "{line} (wanted {want}…)");

@@ -14,21 +14,10 @@ use std::{
     time::Duration,
 };
 
-use common::{AgentProc, Lab, READY, eventually, privileged, start_injector};
+use common::{AgentProc, Lab, ONE_BYTE_CLIENT, READY, eventually, privileged, start_injector};
 use integration_test::process::{Spawned, Stream, command_in, spawn};
 
 const CLIENT: &str = "203.0.113.7:4242";
-
-/// Connects, sends one byte, waits for an answer or the close.
-const ECHO_CLIENT: &str = r#"
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-s.sendall(b"x")
-try:
-    s.recv(1)
-except OSError:
-    pass
-"#;
 
 fn have(tool: &str, test: &str) -> bool {
     let found =
@@ -278,7 +267,7 @@ fn java_server_socket_logs_the_real_client() {
             server
         },
         |lab, server| {
-            let out = lab.client(&["python3", "-c", ECHO_CLIENT, "192.0.2.2", "10000"]);
+            let out = lab.client(&["python3", "-c", ONE_BYTE_CLIENT, "192.0.2.2", "10000"]);
             assert!(out.status.success(), "client: {}", String::from_utf8_lossy(&out.stderr));
             let line = server.wait_for_line(Stream::Stdout, |l| l.starts_with("New client connected"), READY);
             assert_eq!(line, format!("New client connected: /{CLIENT}"));
@@ -313,7 +302,7 @@ fn node_net_server_logs_the_real_client() {
             server
         },
         |lab, server| {
-            let out = lab.client(&["python3", "-c", ECHO_CLIENT, "192.0.2.2", "8084"]);
+            let out = lab.client(&["python3", "-c", ONE_BYTE_CLIENT, "192.0.2.2", "8084"]);
             assert!(out.status.success(), "client: {}", String::from_utf8_lossy(&out.stderr));
             let line = server.wait_for_line(Stream::Stdout, |l| l.starts_with("remote="), Duration::from_secs(30));
             assert_eq!(line, "remote=::ffff:203.0.113.7:4242");

@@ -401,3 +401,15 @@ impl Drop for ProxyProc {
         let _ = std::fs::remove_file(&self.socket);
     }
 }
+
+/// A client that connects, sends one byte and waits for an answer or the
+/// close. argv: HOST PORT.
+pub const ONE_BYTE_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(b"x")
+try:
+    s.recv(1)
+except OSError:
+    pass
+"#;
