@@ -12,8 +12,10 @@ use toa::{
     metrics::MetricsServer,
     paths::{self, PinDir},
     signals::TerminationSignals,
+    sniff::{self, SniffOptions},
     stats::Snapshot,
     status::Status,
+    table::{self, Namespaces},
 };
 use toa_common::Format;
 
@@ -38,6 +40,13 @@ enum Command {
     Stats(StatsArgs),
     /// Show what is attached and pinned, kernel facts and a counter summary.
     Status(StatusArgs),
+    /// List the live connections that carry a real client (like /proc/net/toa_table).
+    ///
+    /// Reads each TCP socket's stored address through the kernel's socket
+    /// diagnostics (as `ss` does): nothing is added to the data path.
+    Table(TableArgs),
+    /// Decode TOA options on the wire, live: one line per TCP segment that carries one.
+    Sniff(SniffArgs),
     /// Check the system for everything toa needs, with the fix for each problem.
     Doctor(DoctorArgs),
     /// Detach every toa program and remove every pin (when no agent runs).
@@ -55,8 +64,12 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff); `--out-dir`: write toa.1 and a page per subcommand there.
+    Man {
+        /// Write every page (toa.1, toa-agent.1, ...) into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +147,46 @@ struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+struct TableArgs {
+    /// Print a JSON array, one object per connection.
+    #[arg(long)]
+    json: bool,
+    /// List the sockets of this network namespace (a file like /run/netns/NAME or /proc/PID/ns/net); repeatable.
+    #[arg(long, value_name = "PATH", conflicts_with = "all_netns")]
+    netns: Vec<PathBuf>,
+    /// List the sockets of every network namespace on the host.
+    #[arg(long)]
+    all_netns: bool,
+    #[command(flatten)]
+    pins: PinArgs,
+}
+
+#[derive(Debug, Args)]
+struct SniffArgs {
+    /// Interface to capture on.
+    #[arg(long, short = 'i', value_name = "IF")]
+    iface: String,
+    /// Capture in this network namespace (/run/netns/NAME or /proc/PID/ns/net).
+    #[arg(long, value_name = "PATH")]
+    netns: Option<PathBuf>,
+    /// Exit after printing N segments.
+    #[arg(long, short = 'n', value_name = "N")]
+    count: Option<u64>,
+    /// Accepted option format KIND/LEN; repeat for several (default: 254/8, 200/8, 253/20, 254/20).
+    #[arg(long = "format", value_name = "KIND/LEN", value_parser = parse_format)]
+    formats: Vec<Format>,
+    /// Print every TCP segment, also those without a TOA option.
+    #[arg(long)]
+    all: bool,
+    /// Only segments from or to this port.
+    #[arg(long, value_name = "PORT")]
+    port: Option<u16>,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct DoctorArgs {
     /// Print JSON.
     #[arg(long)]
@@ -186,6 +239,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Agent(args) => run_agent(args),
         Command::Stats(args) => stats(args),
         Command::Status(args) => status(args),
+        Command::Table(args) => run_table(args),
+        Command::Sniff(args) => run_sniff(args),
         Command::Doctor(args) => run_doctor(args),
         Command::Detach(args) => detach(args),
         Command::Config(args) => config(args),
@@ -195,7 +250,12 @@ pub fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "toa", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man => {
+        Command::Man { out_dir: Some(dir) } => {
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing the man pages into {}", dir.display()))?;
+            Ok(())
+        }
+        Command::Man { out_dir: None } => {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).context("writing the man page")?;
             Ok(())
         }
@@ -250,6 +310,8 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         },
         None => None,
     };
+    // RUST_LOG=debug: log each connection that gets a real client (polls `toa table`'s source).
+    let connlog = toa::watch::ConnectionLog::start_if_debug(settings.pins.clone());
     for spec in agent.programs() {
         tracing::info!(program = spec.name, hook = spec.hook.attach_type(), "{}", spec.role);
     }
@@ -268,6 +330,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         tracing::info!(signal = sig, "stopping");
         break;
     }
+    drop(connlog);
     drop(metrics);
     agent.stop()?;
     Ok(())
@@ -304,6 +367,35 @@ fn status(args: StatusArgs) -> Result<()> {
     } else {
         print!("{}", status.to_text());
     }
+    Ok(())
+}
+
+fn run_table(args: TableArgs) -> Result<()> {
+    let namespaces = match (args.all_netns, args.netns.is_empty()) {
+        (true, _) => Namespaces::All,
+        (false, true) => Namespaces::Current,
+        (false, false) => Namespaces::Paths(args.netns.clone()),
+    };
+    let entries = table::read(&args.pins.resolve()?, &namespaces)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+    } else {
+        print!("{}", table::render(&entries, !matches!(namespaces, Namespaces::Current)));
+    }
+    Ok(())
+}
+
+fn run_sniff(args: SniffArgs) -> Result<()> {
+    let opts = SniffOptions {
+        iface: args.iface,
+        netns: args.netns,
+        count: args.count,
+        formats: args.formats,
+        all: args.all,
+        port: args.port,
+        json: args.json,
+    };
+    sniff::run(&opts, &mut std::io::stdout().lock())?;
     Ok(())
 }
 

@@ -47,11 +47,18 @@ pub fn kernel_version() -> Option<(u32, u32)> {
 pub fn run() -> Vec<Check> {
     let mut checks = Vec::new();
     // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    checks.push(if root {
-        check("privileges", Verdict::Ok, "running as root", "")
-    } else {
-        check("privileges", Verdict::Fail, "not root", "run toa as root (or via the systemd unit)")
+    let euid0 = unsafe { libc::geteuid() } == 0;
+    let missing = system::missing_capabilities();
+    let root = missing.is_empty();
+    checks.push(match (root, euid0) {
+        (true, true) => check("privileges", Verdict::Ok, "running as root", ""),
+        (true, false) => check("privileges", Verdict::Ok, "CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN", ""),
+        (false, _) => check(
+            "privileges",
+            Verdict::Fail,
+            format!("{} missing", missing.join(", ")),
+            "run toa as root (or via the systemd unit)",
+        ),
     });
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     checks.push(match kernel_version() {

@@ -11,6 +11,14 @@ pub enum Error {
     /// The caller lacks privileges.
     #[error("toa must run as root (it loads eBPF programs and attaches them to cgroups)")]
     NotRoot,
+    /// Running with some, not all, of the capabilities needed.
+    #[error(
+        "toa lacks {missing} (it needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN to load eBPF programs and attach them to cgroups); run it as root or grant them (AmbientCapabilities=)"
+    )]
+    MissingCapabilities {
+        /// The missing capabilities, comma-separated.
+        missing: String,
+    },
     /// The kernel exposes no BTF.
     #[error("the kernel has no BTF ({path} is missing); toa needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     NoBtf {

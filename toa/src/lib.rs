@@ -21,9 +21,13 @@ pub mod peer;
 pub mod programs;
 pub mod proxy;
 pub mod signals;
+pub mod sniff;
+pub mod sockdiag;
 pub mod stats;
 pub mod status;
 pub mod system;
+pub mod table;
+pub mod watch;
 
 pub use error::{Error, Result};
 pub use peer::real_peer;

@@ -14,13 +14,42 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// Fails unless the effective user is root.
+/// The capabilities loading and attaching the programs takes (bit, name):
+/// CAP_BPF to load programs and create maps, CAP_PERFMON for the pointer
+/// arithmetic the verifier allows only to privileged loaders, CAP_NET_ADMIN
+/// for socket and cgroup program types. CAP_SYS_ADMIN stands in for the first two.
+pub const REQUIRED_CAPS: [(u32, &str); 3] = [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (12, "CAP_NET_ADMIN")];
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// The required capabilities missing from the effective set (`CapEff` in /proc/self/status).
+pub fn missing_capabilities() -> Vec<&'static str> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    REQUIRED_CAPS
+        .iter()
+        .filter(|(bit, _)| !(has(*bit) || (*bit != 12 && has(CAP_SYS_ADMIN))))
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// Fails unless the process holds the capabilities to load and attach the
+/// programs: root, or any user with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN
+/// (what the systemd unit and the DaemonSet grant).
 pub fn require_root() -> Result<()> {
+    let missing = missing_capabilities();
+    if missing.is_empty() {
+        return Ok(());
+    }
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if unsafe { libc::geteuid() } != 0 && missing.len() == REQUIRED_CAPS.len() {
         return Err(Error::NotRoot);
     }
-    Ok(())
+    Err(Error::MissingCapabilities { missing: missing.join(", ") })
 }
 
 /// Fails unless the kernel exposes BTF.
