@@ -1,4 +1,4 @@
-//! Operations and security (issue 5): trusted forwarders, scope, restarts
+//! Operations and security: trusted forwarders, scope, restarts
 //! without losing an address, detach, reload, persist, metrics, and the
 //! output of every operator command (status, table, doctor, sniff, config,
 //! completions, man).

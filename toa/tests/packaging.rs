@@ -1,4 +1,4 @@
-//! Packaging (issue 5): the .deb installs, enables, removes and purges
+//! Packaging: the .deb installs, enables, removes and purges
 //! cleanly in a scratch root; removing it on a live system leaves nothing
 //! attached; the systemd unit verifies and its capabilities suffice; the
 //! Kubernetes DaemonSet says what it must.
