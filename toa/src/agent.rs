@@ -10,7 +10,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File},
     os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use aya::{
@@ -259,11 +259,6 @@ impl Agent {
         self.config.programs().filter(|s| !self.unavailable.contains(&s.name))
     }
 
-    /// The loaded object (for readers such as the metrics collector).
-    pub fn ebpf(&self) -> &Ebpf {
-        &self.ebpf
-    }
-
     /// Stops: detaches every program and removes every pin, unless the
     /// configuration says to persist (then everything stays attached and
     /// pinned for the next agent).
@@ -411,9 +406,4 @@ fn remove_all_pins(pins: &PinDir) {
     for dir in [pins.maps(), pins.links(), pins.root().to_path_buf()] {
         let _ = fs::remove_dir(dir);
     }
-}
-
-/// Whether `path` looks like a pin directory of ours.
-pub fn has_pins(pins: &PinDir) -> bool {
-    Path::new(&pins.map(maps::COUNTERS)).exists()
 }

@@ -1,7 +1,5 @@
 //! The embedded eBPF object and how it is loaded.
 
-use std::path::Path;
-
 use aya::{Ebpf, EbpfLoader};
 use toa_common::maps;
 
@@ -46,9 +44,4 @@ pub fn load_pinned(pins: &PinDir) -> Result<Ebpf> {
 /// Loads the object with private maps (nothing pinned).
 pub fn load_private() -> Result<Ebpf> {
     Ok(EbpfLoader::new().load(OBJECT)?)
-}
-
-/// Whether something is pinned at `path`.
-pub fn is_pinned(path: &Path) -> bool {
-    path.exists()
 }
