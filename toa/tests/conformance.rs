@@ -12,7 +12,7 @@ mod fixtures;
 
 use std::{net::SocketAddr, time::Duration};
 
-use common::{AgentProc, Lab, READY, eventually, privileged};
+use common::{AgentProc, Lab, READY, eventually, require_root};
 use fixtures::{Fixture, Group, Listener, Opts, Step, Via};
 use integration_test::{
     packet::{ACK, FIN, PSH},
@@ -201,9 +201,7 @@ fn run_fixture(peer: &mut TunPeer, server: &mut Spawned, agent: &AgentProc, f: &
 }
 
 fn run_group(group: &Group) {
-    if !privileged(group.name) {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     if group.syncookies {
         lab.pair.srv.write_sysctl("net/ipv4/tcp_syncookies", "2");
@@ -213,7 +211,7 @@ fn run_group(group: &Group) {
     let mut server = start_server(&lab);
     let mut peer = TunPeer::new(&lab.pair.srv.path(), SERVER_V4, SERVER_V6);
     for f in group.fixtures {
-        eprintln!("fixture: {} ({})", f.description, f.mirrors);
+        eprintln!("fixture: {}/{} ({})", group.name, f.description, f.mirrors);
         run_fixture(&mut peer, &mut server, &agent, f);
     }
     eventually("every stored address to be released", Duration::from_secs(30), || {
@@ -241,21 +239,25 @@ fn the_suite_has_at_least_30_fixtures_each_naming_a_peer() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn default_agent() {
     run_group(&fixtures::DEFAULT);
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn syn_capture() {
     run_group(&fixtures::CAPTURE_SYN);
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn extra_formats() {
     run_group(&fixtures::EXTRA_FORMATS);
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn syncookies() {
     run_group(&fixtures::SYNCOOKIES);
 }

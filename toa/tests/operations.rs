@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{AgentProc, Lab, PEER_SERVER, READY, TOA, attached_to, privileged, start_injector, toa};
+use common::{AgentProc, Lab, PEER_SERVER, READY, TOA, attached_to, require_root, start_injector, toa};
 use integration_test::{
     cgroup::Cgroup,
     netns::unique_name,
@@ -213,11 +213,9 @@ fn http_get(addr: &str, path: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn an_option_from_an_untrusted_sender_is_ignored_and_counted_while_the_trusted_forwarder_is_honoured() {
-    if !privileged("an_option_from_an_untrusted_sender_is_ignored_and_counted_while_the_trusted_forwarder_is_honoured")
-    {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     let addrs = lab.pair.add_cli_addresses(2);
     let (forwarder, stranger) = (addrs[0].to_string(), addrs[1].to_string());
@@ -241,10 +239,9 @@ fn an_option_from_an_untrusted_sender_is_ignored_and_counted_while_the_trusted_f
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn a_server_in_a_sibling_cgroup_is_untouched() {
-    if !privileged("a_server_in_a_sibling_cgroup_is_untouched") {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     let sibling = Cgroup::new("toa-sib");
     let agent = AgentProc::start(lab.srv_cg.path(), &[]);
@@ -265,10 +262,9 @@ fn a_server_in_a_sibling_cgroup_is_untouched() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn sigkill_and_restart_keep_every_live_connection_translated_and_leave_no_gap() {
-    if !privileged("sigkill_and_restart_keep_every_live_connection_translated_and_leave_no_gap") {
-        return;
-    }
+    require_root();
     const N: usize = 1000;
     let lab = Lab::new();
     let pins = unique_pins();
@@ -321,10 +317,9 @@ fn sigkill_and_restart_keep_every_live_connection_translated_and_leave_no_gap() 
 }
 
 #[test]
+#[ignore = "needs root: BPF, cgroups"]
 fn persist_keeps_programs_after_sigterm_and_detach_then_leaves_nothing() {
-    if !privileged("persist_keeps_programs_after_sigterm_and_detach_then_leaves_nothing") {
-        return;
-    }
+    require_root();
     let cg = Cgroup::new("toa-srv");
     let pins = unique_pins();
     let _guard = PinsGuard(pins.clone());
@@ -366,10 +361,9 @@ fn persist_keeps_programs_after_sigterm_and_detach_then_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, cgroups"]
 fn sighup_reapplies_a_changed_cgroup_list_and_leaves_nothing_stale() {
-    if !privileged("sighup_reapplies_a_changed_cgroup_list_and_leaves_nothing_stale") {
-        return;
-    }
+    require_root();
     let (a, b, c) = (Cgroup::new("toa-a"), Cgroup::new("toa-b"), Cgroup::new("toa-c"));
     let pins = unique_pins();
     let _guard = PinsGuard(pins.clone());
@@ -410,10 +404,9 @@ fn sighup_reapplies_a_changed_cgroup_list_and_leaves_nothing_stale() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, cgroups"]
 fn metrics_serve_prefixed_counters_and_healthz() {
-    if !privileged("metrics_serve_prefixed_counters_and_healthz") {
-        return;
-    }
+    require_root();
     let cg = Cgroup::new("toa-srv");
     let mut agent = AgentProc::start(cg.path(), &["--metrics-listen", "127.0.0.1:0"]);
     let line = agent.proc.wait_for_line(Stream::Stderr, |l| l.contains("metrics on /metrics"), READY);
@@ -435,10 +428,9 @@ fn metrics_serve_prefixed_counters_and_healthz() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn status_table_and_sniff_show_a_live_translated_connection() {
-    if !privileged("status_table_and_sniff_show_a_live_translated_connection") {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     let agent = AgentProc::start(lab.srv_cg.path(), &[]);
     let pins = agent.pins.to_string_lossy().into_owned();
@@ -534,20 +526,18 @@ fn table_without_an_agent_says_so() {
 }
 
 #[test]
+#[ignore = "needs root: packet sockets"]
 fn sniff_refuses_an_unknown_interface_with_code_2() {
-    if !privileged("sniff_refuses_an_unknown_interface_with_code_2") {
-        return;
-    }
+    require_root();
     let out = toa(&["sniff", "--iface", "no-such-if0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no interface no-such-if0"));
 }
 
 #[test]
+#[ignore = "needs root: BPF"]
 fn doctor_passes_here_with_a_line_per_check() {
-    if !privileged("doctor_passes_here_with_a_line_per_check") {
-        return;
-    }
+    require_root();
     let out = toa(&["doctor"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -629,10 +619,9 @@ fn completions_and_man_page_cover_every_subcommand() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn debug_logging_shows_each_captured_connection() {
-    if !privileged("debug_logging_shows_each_captured_connection") {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     let pins = unique_pins();
     let _guard = PinsGuard(pins.clone());

@@ -12,7 +12,7 @@ use std::{
 
 use common::{
     AgentProc, LOAD_CLIENT, READY, TOPO_CLI4, TOPO_CLI6, TOPO_LB4, TOPO_LB4_SRV, TOPO_LB6, TOPO_LB6_SRV, TOPO_SRV_IF,
-    TOPO_SRV4, TOPO_SRV6, Topo, eventually, privileged, stderr_lines, toa,
+    TOPO_SRV4, TOPO_SRV6, Topo, eventually, require_root, stderr_lines, toa,
 };
 use integration_test::{
     packet,
@@ -73,10 +73,9 @@ mod tempfile_path {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn an_unmodified_http_server_logs_the_clients_own_ipv4_and_ipv6_address() {
-    if !privileged("an_unmodified_http_server_logs_the_clients_own_ipv4_and_ipv6_address") {
-        return;
-    }
+    require_root();
     let topo = Topo::new();
     let agent = AgentProc::start(topo.srv_cg.path(), &[]);
     let mut server = topo.http_server("::", 8080);
@@ -130,10 +129,9 @@ fn pcap_ip_packets(bytes: &[u8]) -> Vec<Vec<u8>> {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn a_capture_on_the_backend_shows_the_option_in_the_handshake_ack_in_every_form() {
-    if !privileged("a_capture_on_the_backend_shows_the_option_in_the_handshake_ack_in_every_form") {
-        return;
-    }
+    require_root();
     let topo = Topo::new();
     let agent = AgentProc::start(topo.srv_cg.path(), &[]);
     let mut server = topo.http_server("::", 8080);
@@ -297,10 +295,9 @@ sys.exit(1 if bad else 0)
 "#;
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn two_hundred_concurrent_uploads_and_downloads_arrive_intact_both_ways() {
-    if !privileged("two_hundred_concurrent_uploads_and_downloads_arrive_intact_both_ways") {
-        return;
-    }
+    require_root();
     let topo = Topo::new();
     let _server = topo.server(&["python3", "-u", "-c", SHA_SERVER, "9100"], Stream::Stdout, |l| l == "listening");
     let proxy = topo.proxy(&[
@@ -352,10 +349,9 @@ fn backend_healthy(proxy: &common::ProxyProc, i: usize) -> bool {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn killing_one_of_two_backends_moves_new_connections_to_the_other_within_the_fall_time() {
-    if !privileged("killing_one_of_two_backends_moves_new_connections_to_the_other_within_the_fall_time") {
-        return;
-    }
+    require_root();
     let topo = Topo::new();
     let mut first = reply_server(&topo, 9001);
     let _second = reply_server(&topo, 9002);
@@ -466,10 +462,9 @@ print(f"total={good + other} expected={good} other={other}", flush=True)
 "#;
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn twenty_thousand_sequential_connections_leave_no_descriptor_or_map_entry_behind() {
-    if !privileged("twenty_thousand_sequential_connections_leave_no_descriptor_or_map_entry_behind") {
-        return;
-    }
+    require_root();
     const N: &str = "20000";
     let topo = Topo::new();
     let agent = AgentProc::start(topo.srv_cg.path(), &[]);
@@ -550,10 +545,9 @@ elif mode == "halfclose":
 "#;
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn silent_resetting_and_half_closing_clients_never_leak_a_connection() {
-    if !privileged("silent_resetting_and_half_closing_clients_never_leak_a_connection") {
-        return;
-    }
+    require_root();
     let topo = Topo::new();
     let _server = topo.http_server("0.0.0.0", 8080);
     let proxy = topo.proxy(&[
@@ -578,10 +572,9 @@ fn silent_resetting_and_half_closing_clients_never_leak_a_connection() {
 }
 
 #[test]
+#[ignore = "needs root: BPF"]
 fn bad_addresses_and_a_port_in_use_exit_with_code_2_and_one_line() {
-    if !privileged("bad_addresses_and_a_port_in_use_exit_with_code_2_and_one_line") {
-        return;
-    }
+    require_root();
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port().to_string();
     let in_use = format!("127.0.0.1:{port}");
@@ -602,10 +595,9 @@ fn bad_addresses_and_a_port_in_use_exit_with_code_2_and_one_line() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn an_unreachable_backend_at_start_is_a_warning_and_starts_out_of_rotation() {
-    if !privileged("an_unreachable_backend_at_start_is_a_warning_and_starts_out_of_rotation") {
-        return;
-    }
+    require_root();
     let topo = Topo::new();
     let _server = reply_server(&topo, 9501);
     let mut proxy = topo.proxy(&[

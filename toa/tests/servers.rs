@@ -3,8 +3,8 @@
 //! Java ServerSocket demo of the EdgeOne manual and a Node.js net server.
 //! A kernel client on the other side of a veth pair writes the option
 //! through `toa inject`; each server must log the injected client.
-//! A server whose runtime is not installed is skipped with a message
-//! (`scripts/setup` installs them all).
+//! A server whose runtime is not installed fails the test with a message
+//! (`scripts/setup --test` installs them all).
 
 mod common;
 
@@ -14,18 +14,17 @@ use std::{
     time::Duration,
 };
 
-use common::{AgentProc, Lab, ONE_BYTE_CLIENT, READY, eventually, privileged, start_injector};
+use common::{AgentProc, Lab, ONE_BYTE_CLIENT, READY, eventually, require_root, start_injector};
 use integration_test::process::{Spawned, Stream, command_in, spawn};
 
 const CLIENT: &str = "203.0.113.7:4242";
 
-fn have(tool: &str, test: &str) -> bool {
+/// Fails the calling test unless `tool` is on PATH.
+#[track_caller]
+fn require_tool(tool: &str) {
     let found =
         Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("SKIPPED {test}: {tool} is not installed (scripts/setup installs it)");
-    }
-    found
+    assert!(found, "{tool} is not installed: scripts/setup --test installs it");
 }
 
 /// A fresh directory for one test's files (under cargo's per-target tmp dir).
@@ -48,10 +47,7 @@ fn run_ok(cmd: &mut Command) {
 
 /// The agent, an injector writing 203.0.113.7:4242 into the handshake ACK,
 /// and a server started by `start` in the server namespace and cgroup.
-fn behind_agent(test: &str, start: impl FnOnce(&Lab) -> Spawned, check: impl FnOnce(&Lab, &mut Spawned)) {
-    if !privileged(test) {
-        return;
-    }
+fn behind_agent(start: impl FnOnce(&Lab) -> Spawned, check: impl FnOnce(&Lab, &mut Spawned)) {
     let lab = Lab::new();
     let agent = AgentProc::start(lab.srv_cg.path(), &[]);
     let _inject = start_injector(lab.cli_cg.path(), &["--addr", CLIENT, "--packets", "ack"]);
@@ -69,11 +65,10 @@ fn listening(lab: &Lab, port: u16) {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn nginx_logs_the_real_client() {
-    const TEST: &str = "nginx_logs_the_real_client";
-    if !have("nginx", TEST) {
-        return;
-    }
+    require_root();
+    require_tool("nginx");
     let dir = workdir("nginx");
     let conf = dir.join("nginx.conf");
     std::fs::write(
@@ -89,7 +84,6 @@ fn nginx_logs_the_real_client() {
     )
     .expect("write nginx.conf");
     behind_agent(
-        TEST,
         |lab| {
             let mut cmd = command_in(Some(&lab.pair.srv.path()), Some(lab.srv_cg.path()), "nginx");
             cmd.arg("-p").arg(&dir).arg("-c").arg(&conf).args(["-e", "stderr"]);
@@ -133,11 +127,10 @@ func main() {
 "#;
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn go_net_http_logs_the_real_client() {
-    const TEST: &str = "go_net_http_logs_the_real_client";
-    if !have("go", TEST) {
-        return;
-    }
+    require_root();
+    require_tool("go");
     let dir = workdir("go");
     std::fs::write(dir.join("server.go"), GO_SERVER).expect("write server.go");
     // A throwaway build cache and GOPATH: nothing is kept between runs.
@@ -151,7 +144,6 @@ fn go_net_http_logs_the_real_client() {
             .env("GOFLAGS", ""),
     );
     behind_agent(
-        TEST,
         |lab| {
             // ":8082" is Go's default dual-stack listener.
             let mut cmd = command_in(Some(&lab.pair.srv.path()), Some(lab.srv_cg.path()), dir.join("server"));
@@ -249,16 +241,15 @@ System.err.println("Failed to close client socket: " + e.getMessage());
 "#;
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn java_server_socket_logs_the_real_client() {
-    const TEST: &str = "java_server_socket_logs_the_real_client";
-    if !have("javac", TEST) || !have("java", TEST) {
-        return;
-    }
+    require_root();
+    require_tool("javac");
+    require_tool("java");
     let dir = workdir("java");
     std::fs::write(dir.join("ServerDemo.java"), JAVA_SERVER).expect("write ServerDemo.java");
     run_ok(Command::new("javac").args(["-encoding", "UTF-8", "-d"]).arg(&dir).arg(dir.join("ServerDemo.java")));
     behind_agent(
-        TEST,
         |lab| {
             let mut cmd = command_in(Some(&lab.pair.srv.path()), Some(lab.srv_cg.path()), "java");
             cmd.arg("-cp").arg(&dir).arg("ServerDemo");
@@ -287,13 +278,11 @@ server.listen(Number(process.argv[1]), process.argv[2], () => console.log("liste
 "#;
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn node_net_server_logs_the_real_client() {
-    const TEST: &str = "node_net_server_logs_the_real_client";
-    if !have("node", TEST) {
-        return;
-    }
+    require_root();
+    require_tool("node");
     behind_agent(
-        TEST,
         |lab| {
             let mut cmd = command_in(Some(&lab.pair.srv.path()), Some(lab.srv_cg.path()), "node");
             cmd.args(["-e", NODE_SERVER, "8084", "::"]);
