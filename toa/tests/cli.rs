@@ -113,7 +113,7 @@ fn a_second_agent_on_the_same_pins_is_refused_and_the_first_keeps_running() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("another toa agent is already running"), "{lines:?}");
     assert!(lines[0].contains(&format!("pid {}", agent.proc.pid())), "{lines:?}");
-    // The first agent's three programs are still the only ones attached.
+    // The first agent's four programs are still the only ones attached.
     let attached = attached_to(cg.path());
     assert_eq!(attached.matches("toa_").count(), 4, "{attached}");
     agent.stats();

@@ -46,14 +46,18 @@ fn run_ok(cmd: &mut Command) {
 }
 
 /// The agent, an injector writing 203.0.113.7:4242 into the handshake ACK,
-/// and a server started by `start` in the server namespace and cgroup.
-fn behind_agent(start: impl FnOnce(&Lab) -> Spawned, check: impl FnOnce(&Lab, &mut Spawned)) {
+/// and a server started by `start` in the server namespace and cgroup; `check`
+/// makes `connections` connections to it.
+fn behind_agent(connections: u64, start: impl FnOnce(&Lab) -> Spawned, check: impl FnOnce(&Lab, &mut Spawned)) {
     let lab = Lab::new();
     let agent = AgentProc::start(lab.srv_cg.path(), &[]);
     let _inject = start_injector(lab.cli_cg.path(), &["--addr", CLIENT, "--packets", "ack"]);
     let mut server = start(&lab);
     check(&lab, &mut server);
-    assert!(agent.counter("getname_toa_ok") >= 1);
+    assert_eq!(agent.counter("syn_recv_sock_toa"), connections, "connections that carried the option");
+    // How often a runtime asks for the peer is its own business; at least once per connection.
+    let asked = agent.counter("getname_toa_ok");
+    assert!(asked >= connections, "{asked} translated accept()/getpeername() calls for {connections} connections");
     drop(server);
     agent.stop();
 }
@@ -84,6 +88,7 @@ fn nginx_logs_the_real_client() {
     )
     .expect("write nginx.conf");
     behind_agent(
+        2,
         |lab| {
             let mut cmd = command_in(Some(&lab.pair.srv.path()), Some(lab.srv_cg.path()), "nginx");
             cmd.arg("-p").arg(&dir).arg("-c").arg(&conf).args(["-e", "stderr"]);
@@ -144,6 +149,7 @@ fn go_net_http_logs_the_real_client() {
             .env("GOFLAGS", ""),
     );
     behind_agent(
+        1,
         |lab| {
             // ":8082" is Go's default dual-stack listener.
             let mut cmd = command_in(Some(&lab.pair.srv.path()), Some(lab.srv_cg.path()), dir.join("server"));
@@ -250,6 +256,7 @@ fn java_server_socket_logs_the_real_client() {
     std::fs::write(dir.join("ServerDemo.java"), JAVA_SERVER).expect("write ServerDemo.java");
     run_ok(Command::new("javac").args(["-encoding", "UTF-8", "-d"]).arg(&dir).arg(dir.join("ServerDemo.java")));
     behind_agent(
+        1,
         |lab| {
             let mut cmd = command_in(Some(&lab.pair.srv.path()), Some(lab.srv_cg.path()), "java");
             cmd.arg("-cp").arg(&dir).arg("ServerDemo");
@@ -283,6 +290,7 @@ fn node_net_server_logs_the_real_client() {
     require_root();
     require_tool("node");
     behind_agent(
+        1,
         |lab| {
             let mut cmd = command_in(Some(&lab.pair.srv.path()), Some(lab.srv_cg.path()), "node");
             cmd.args(["-e", NODE_SERVER, "8084", "::"]);
