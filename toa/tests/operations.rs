@@ -153,6 +153,18 @@ c.recv(1)
 print(c.getsockname()[1], flush=True)
 "#;
 
+/// [`HOLD_SERVER`] in the server namespace and cgroup (ports 9000 and 9001,
+/// expecting [`CLIENT`]), listening, and [`HOLD_CLIENT`] in the client's.
+fn hold_server_and_client(lab: &Lab) -> (Spawned, Spawned) {
+    let mut cmd = command_in(Some(&lab.pair.srv.path()), Some(lab.srv_cg.path()), "python3");
+    cmd.args(["-u", "-c", HOLD_SERVER, "0.0.0.0", "9000", "9001", CLIENT]);
+    let mut server = spawn_with_stdin(cmd);
+    server.wait_for_line(Stream::Stdout, |l| l == "listening", READY);
+    let mut cmd = command_in(Some(&lab.pair.cli.path()), Some(lab.cli_cg.path()), "python3");
+    cmd.args(["-u", "-c", HOLD_CLIENT, "192.0.2.2", "9000", "9001"]);
+    (server, spawn_with_stdin(cmd))
+}
+
 fn send(proc: &mut Spawned, line: &str) {
     writeln!(proc.stdin(), "{line}").and_then(|()| proc.stdin().flush()).expect("writing to a helper's stdin");
 }
@@ -275,13 +287,7 @@ fn sigkill_and_restart_keep_every_live_connection_translated_and_leave_no_gap() 
     let agent_args = ["--cgroup", &srv_cg, "--pin-dir", &pins_s, "--metrics-listen", ""];
     let mut first = spawn_agent(&agent_args);
     let _inject = start_injector(lab.cli_cg.path(), &["--addr", CLIENT_ADDR]);
-    let mut cmd = command_in(Some(&lab.pair.srv.path()), Some(lab.srv_cg.path()), "python3");
-    cmd.args(["-u", "-c", HOLD_SERVER, "0.0.0.0", "9000", "9001", CLIENT]);
-    let mut server = spawn_with_stdin(cmd);
-    server.wait_for_line(Stream::Stdout, |l| l == "listening", READY);
-    let mut cmd = command_in(Some(&lab.pair.cli.path()), Some(lab.cli_cg.path()), "python3");
-    cmd.args(["-u", "-c", HOLD_CLIENT, "192.0.2.2", "9000", "9001"]);
-    let mut client = spawn_with_stdin(cmd);
+    let (mut server, mut client) = hold_server_and_client(&lab);
 
     send(&mut client, &format!("open {N}"));
     let opened = client.wait_for_line(Stream::Stdout, |l| l.starts_with("opened "), READY);
@@ -472,13 +478,7 @@ fn status_table_and_sniff_show_a_live_translated_connection() {
     sniff_text.wait_for_line(Stream::Stderr, |l| l.contains("capturing TCP segments"), READY);
 
     // A connection held open.
-    let mut cmd = command_in(Some(&srv_ns), Some(lab.srv_cg.path()), "python3");
-    cmd.args(["-u", "-c", HOLD_SERVER, "0.0.0.0", "9000", "9001", CLIENT]);
-    let mut server = spawn_with_stdin(cmd);
-    server.wait_for_line(Stream::Stdout, |l| l == "listening", READY);
-    let mut cmd = command_in(Some(&lab.pair.cli.path()), Some(lab.cli_cg.path()), "python3");
-    cmd.args(["-u", "-c", HOLD_CLIENT, "192.0.2.2", "9000", "9001"]);
-    let mut client = spawn_with_stdin(cmd);
+    let (mut server, mut client) = hold_server_and_client(&lab);
     send(&mut client, "open 1");
     assert_eq!(client.wait_for_line(Stream::Stdout, |l| l.starts_with("opened"), READY), "opened 1 errors=0");
     send(&mut server, "check 1");
@@ -644,13 +644,7 @@ fn debug_logging_shows_each_captured_connection() {
     let mut agent = spawn(cmd);
     agent.wait_for_line(Stream::Stderr, |l| l.contains("agent ready"), READY);
     let _inject = start_injector(lab.cli_cg.path(), &["--addr", CLIENT_ADDR]);
-    let mut cmd = command_in(Some(&lab.pair.srv.path()), Some(lab.srv_cg.path()), "python3");
-    cmd.args(["-u", "-c", HOLD_SERVER, "0.0.0.0", "9000", "9001", CLIENT]);
-    let mut server = spawn_with_stdin(cmd);
-    server.wait_for_line(Stream::Stdout, |l| l == "listening", READY);
-    let mut cmd = command_in(Some(&lab.pair.cli.path()), Some(lab.cli_cg.path()), "python3");
-    cmd.args(["-u", "-c", HOLD_CLIENT, "192.0.2.2", "9000", "9001"]);
-    let mut client = spawn_with_stdin(cmd);
+    let (server, mut client) = hold_server_and_client(&lab);
     send(&mut client, "open 1");
     assert_eq!(client.wait_for_line(Stream::Stdout, |l| l.starts_with("opened"), READY), "opened 1 errors=0");
     let line = agent.wait_for_line(Stream::Stderr, |l| l.contains("connection captured"), READY);
