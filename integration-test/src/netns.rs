@@ -403,7 +403,6 @@ fn link_info(ns: &Netns, ifname: &str) -> Link {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::skip_unless_root;
     use std::os::unix::fs::MetadataExt as _;
 
     #[test]
@@ -424,10 +423,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: network namespaces"]
     fn netns_lifecycle() {
-        if skip_unless_root("netns_lifecycle") {
-            return;
-        }
+        crate::require_root();
         let a = Netns::new("toa-t-ns");
         let b = Netns::new("toa-t-ns");
         assert_ne!(a.name(), b.name());
@@ -445,10 +443,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: network namespaces"]
     fn netns_run_failure_panics_with_stderr() {
-        if skip_unless_root("netns_run_failure_panics_with_stderr") {
-            return;
-        }
+        crate::require_root();
         let ns = Netns::new("toa-t-fail");
         let err =
             std::panic::catch_unwind(|| ns.run(&["sh", "-c", "echo boom >&2; exit 7"])).expect_err("the command fails");
@@ -457,10 +454,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: network namespaces"]
     fn enter_switches_only_the_thread() {
-        if skip_unless_root("enter_switches_only_the_thread") {
-            return;
-        }
+        crate::require_root();
         let ns = Netns::new("toa-t-enter");
         let ns_ino = std::fs::metadata(ns.path()).expect("stat netns").ino();
         let path = ns.path();
@@ -476,10 +472,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: network namespaces"]
     fn pair_links_and_extra_addresses() {
-        if skip_unless_root("pair_links_and_extra_addresses") {
-            return;
-        }
+        crate::require_root();
         let pair = Pair::new("toa-t-pair");
         assert!(pair.cli_link.name.len() <= IFNAME_MAX);
         assert_ne!(pair.cli_link.name, pair.srv_link.name);

@@ -387,18 +387,6 @@ impl Drop for Spawned {
     }
 }
 
-/// Returns `true` (after printing why) when the calling test must be skipped
-/// because it needs root.
-#[cfg(test)]
-pub(crate) fn skip_unless_root(test: &str) -> bool {
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        eprintln!("SKIPPED {test}: needs root (euid {euid}) for namespaces and cgroups");
-    }
-    euid != 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,10 +469,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: namespaces, cgroups"]
     fn command_in_moves_child_into_cgroup_and_netns() {
-        if skip_unless_root("command_in_moves_child_into_cgroup_and_netns") {
-            return;
-        }
+        crate::require_root();
         let ns = Netns::new("toa-t-cmd");
         let cg = Cgroup::new("toa-t-cmd");
         let ns_ino = std::fs::metadata(ns.path()).expect("stat").ino();
@@ -505,10 +492,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: namespaces, cgroups"]
     fn command_in_reports_setns_failure() {
-        if skip_unless_root("command_in_reports_setns_failure") {
-            return;
-        }
+        crate::require_root();
         // A regular file is not a namespace: setns fails in the child with EINVAL.
         let err = command_in(Some(Path::new("/proc/self/status")), None, "true").status().expect_err("setns fails");
         assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
@@ -552,10 +538,9 @@ s.close()
     }
 
     #[test]
+    #[ignore = "needs root: namespaces, cgroups"]
     fn tcp_across_pair_with_server_in_cgroup() {
-        if skip_unless_root("tcp_across_pair_with_server_in_cgroup") {
-            return;
-        }
+        crate::require_root();
         let pair = Pair::new("toa-t-tcp");
         let cg = Cgroup::new("toa-t-tcp");
         let extra = pair.add_cli_addresses(3);
@@ -603,10 +588,9 @@ s.close()
     }
 
     #[test]
+    #[ignore = "needs root: namespaces, cgroups"]
     fn guards_clean_up_when_a_test_panics() {
-        if skip_unless_root("guards_clean_up_when_a_test_panics") {
-            return;
-        }
+        crate::require_root();
         let (tx, rx) = mpsc::channel();
         let result = thread::spawn(move || {
             let pair = Pair::new("toa-t-panic");

@@ -525,7 +525,7 @@ fn open_tun_in(ns: &File, name: &str) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     //! Need root (CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces), `ip`,
-    //! `nsenter` and `python3`; skipped with a message otherwise.
+    //! `nsenter` and `python3`: ignored unless asked for (`--include-ignored`).
 
     use super::*;
     use crate::packet::{PSH, mss_option};
@@ -535,15 +535,6 @@ mod tests {
 
     const PORT: u16 = 8080;
     const SHORT: Duration = Duration::from_secs(3);
-
-    fn root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipping: TUN peer tests need root");
-            return false;
-        }
-        true
-    }
 
     /// `ip netns add` / `ip netns del`.
     struct Netns {
@@ -741,92 +732,82 @@ c.close()
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn ipv4_handshake_with_toa_option() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         assert_eq!(final_ack(false, &toa_v4(PORT), None), accepted(b"hello"));
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn ipv6_handshake_with_toa_option() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         let got = final_ack(true, &toa_v4(PORT), None);
         assert_eq!(got, Outcome::Accepted { peer: "2001:db8:18::2".into(), data: b"hello".to_vec() });
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn ipv4_to_dual_stack_listener() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         // An AF_INET6 socket on `::` sees the v4-mapped peer.
         let got = final_ack_with(true, false, &toa_v4(PORT), None);
         assert_eq!(got, Outcome::Accepted { peer: "::ffff:198.18.0.2".into(), data: b"hello".to_vec() });
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn final_ack_option_length_0_is_accepted() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         assert_eq!(final_ack(false, &[254, 0, 0, 0], None), accepted(b"hello"));
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn final_ack_option_length_1_is_accepted() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         assert_eq!(final_ack(false, &[254, 1, 0, 0], None), accepted(b"hello"));
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn final_ack_option_length_7_is_accepted() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         let [hi, lo] = PORT.to_be_bytes();
         assert_eq!(final_ack(false, &[254, 7, hi, lo, 203, 0, 113], None), accepted(b"hello"));
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn final_ack_option_after_eol_is_accepted() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         let mut opts = vec![0];
         opts.extend_from_slice(&toa_v4(PORT));
         assert_eq!(final_ack(false, &opts, None), accepted(b"hello"));
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn final_ack_option_past_header_is_accepted_and_tail_becomes_data() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         // 8 bytes written, data offset 6 declares 4: [254, 8, p, p] runs past
         // the header and the address bytes are payload.
         assert_eq!(final_ack(false, &toa_v4(PORT), Some(6)), accepted(b"\xcb\x00\x71\x07hello"));
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn final_ack_two_toa_options_is_accepted() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         let mut opts = toa_v4(PORT).to_vec();
         opts.extend_from_slice(&toa_v4(1));
         assert_eq!(final_ack(false, &opts, None), accepted(b"hello"));
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn ipv6_final_ack_malformed_options() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         let hello = Outcome::Accepted { peer: "2001:db8:18::2".into(), data: b"hello".to_vec() };
         assert_eq!(final_ack(true, &[254, 0, 0, 0], None), hello);
         assert_eq!(final_ack(true, &[254, 1, 0, 0], None), hello);
@@ -834,27 +815,24 @@ c.close()
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn final_ack_data_offset_below_5_is_dropped() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         assert_eq!(final_ack(false, &toa_v4(PORT), Some(4)), Outcome::Dropped { in_errs: 1 });
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn final_ack_data_offset_past_segment_is_dropped() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         // 20 + 8 + 5 = 33 bytes of TCP, data offset 15 claims 60.
         assert_eq!(final_ack(false, &toa_v4(PORT), Some(15)), Outcome::Dropped { in_errs: 0 });
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn malformed_syn_options_still_get_a_syn_ack() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         let ns = Netns::new();
         let mut tun = TunPeer::new(&ns.path, SERVER_V4, SERVER_V6);
         let _listener = Listener::start(&ns, false);
@@ -867,10 +845,9 @@ c.close()
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn closed_port_resets_and_tun_goes_away() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         let ns = Netns::new();
         let mut tun = TunPeer::new(&ns.path, SERVER_V4, SERVER_V6);
         assert_eq!(tun.peer_v4(), Ipv4Addr::new(198, 18, 0, 2));
@@ -896,10 +873,9 @@ c.close()
     }
 
     #[test]
+    #[ignore = "needs root: TUN device, network namespaces"]
     fn raw_packets_and_concurrent_connections() {
-        if !root() {
-            return;
-        }
+        crate::require_root();
         let ns = Netns::new();
         let mut tun = TunPeer::new(&ns.path, SERVER_V4, SERVER_V6);
         let _listener = Listener::start(&ns, false);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{AgentProc, TOA, attached_to, privileged, stderr_lines, toa};
+use common::{AgentProc, TOA, attached_to, require_root, stderr_lines, toa};
 use integration_test::{
     cgroup::Cgroup,
     netns::unique_name,
@@ -12,10 +12,9 @@ use integration_test::{
 use toa_common::counters::COUNTERS;
 
 #[test]
+#[ignore = "needs root: BPF, cgroups"]
 fn a_missing_cgroup_is_refused_with_exit_code_2_and_nothing_pinned() {
-    if !privileged("a_missing_cgroup_is_refused_with_exit_code_2_and_nothing_pinned") {
-        return;
-    }
+    require_root();
     let pins = format!("/sys/fs/bpf/{}", unique_name("toa-test", 40));
     let out = toa(&["agent", "--cgroup", "/sys/fs/cgroup/no-such-cgroup", "--pin-dir", &pins]);
     assert_eq!(out.status.code(), Some(2));
@@ -26,10 +25,9 @@ fn a_missing_cgroup_is_refused_with_exit_code_2_and_nothing_pinned() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, cgroups"]
 fn a_regular_directory_is_not_a_cgroup() {
-    if !privileged("a_regular_directory_is_not_a_cgroup") {
-        return;
-    }
+    require_root();
     let dir = std::env::temp_dir();
     let out = toa(&["agent", "--cgroup", &dir.to_string_lossy()]);
     assert_eq!(out.status.code(), Some(2), "{:?}", stderr_lines(&out));
@@ -53,10 +51,9 @@ fn bad_flags_and_formats_exit_with_code_2() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, cgroups"]
 fn inject_refuses_bad_packets_and_raw_options_with_code_2() {
-    if !privileged("inject_refuses_bad_packets_and_raw_options_with_code_2") {
-        return;
-    }
+    require_root();
     let cg = Cgroup::new("toa-cli");
     let cg = cg.path().to_string_lossy().into_owned();
     for args in [
@@ -72,10 +69,9 @@ fn inject_refuses_bad_packets_and_raw_options_with_code_2() {
 }
 
 #[test]
+#[ignore = "needs root: cgroups, setpriv"]
 fn the_agent_refuses_to_run_without_root() {
-    if !privileged("the_agent_refuses_to_run_without_root") {
-        return;
-    }
+    require_root();
     let cg = Cgroup::new("toa-cli");
     let out = run_in(
         None,
@@ -98,10 +94,9 @@ fn the_agent_refuses_to_run_without_root() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, cgroups"]
 fn a_second_agent_on_the_same_pins_is_refused_and_the_first_keeps_running() {
-    if !privileged("a_second_agent_on_the_same_pins_is_refused_and_the_first_keeps_running") {
-        return;
-    }
+    require_root();
     let cg = Cgroup::new("toa-cli");
     let agent = AgentProc::start(cg.path(), &[]);
     let out = toa(&[
@@ -118,7 +113,7 @@ fn a_second_agent_on_the_same_pins_is_refused_and_the_first_keeps_running() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("another toa agent is already running"), "{lines:?}");
     assert!(lines[0].contains(&format!("pid {}", agent.proc.pid())), "{lines:?}");
-    // The first agent's three programs are still the only ones attached.
+    // The first agent's four programs are still the only ones attached.
     let attached = attached_to(cg.path());
     assert_eq!(attached.matches("toa_").count(), 4, "{attached}");
     agent.stats();
@@ -137,10 +132,9 @@ fn stats_without_an_agent_says_so() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, cgroups"]
 fn stats_prints_every_counter_per_cpu_with_a_total() {
-    if !privileged("stats_prints_every_counter_per_cpu_with_a_total") {
-        return;
-    }
+    require_root();
     let cg = Cgroup::new("toa-cli");
     let agent = AgentProc::start(cg.path(), &[]);
     let out = toa(&["stats", "--pin-dir", &agent.pins.to_string_lossy()]);
@@ -165,10 +159,9 @@ fn stats_prints_every_counter_per_cpu_with_a_total() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, cgroups"]
 fn a_killed_agent_is_replaced_without_detaching_and_its_pins_adopted() {
-    if !privileged("a_killed_agent_is_replaced_without_detaching_and_its_pins_adopted") {
-        return;
-    }
+    require_root();
     let cg = Cgroup::new("toa-cli");
     let mut first = AgentProc::start(cg.path(), &[]);
     // SIGKILL: no cleanup runs, the pinned links keep the programs attached.
@@ -189,10 +182,9 @@ fn a_killed_agent_is_replaced_without_detaching_and_its_pins_adopted() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, cgroups"]
 fn the_getsockopt_program_is_left_out_when_not_wanted() {
-    if !privileged("the_getsockopt_program_is_left_out_when_not_wanted") {
-        return;
-    }
+    require_root();
     let cg = Cgroup::new("toa-cli");
     let agent = AgentProc::start(cg.path(), &["--no-getsockopt"]);
     let attached = attached_to(cg.path());

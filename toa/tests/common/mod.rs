@@ -22,15 +22,10 @@ pub const TOA: &str = env!("CARGO_BIN_EXE_toa");
 /// How long a process may take to say it is ready.
 pub const READY: Duration = Duration::from_secs(60);
 
-/// True when the test can run; prints why it is skipped otherwise.
-pub fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED {test}: needs root (BPF, namespaces, cgroups)");
-        return false;
-    }
-    true
-}
+/// Fails the calling test unless it runs as root. Every test that needs root
+/// is also marked `#[ignore = "needs root: ..."]`: a plain `cargo test` lists it
+/// as ignored with the reason, `./scripts/test` runs it (`--include-ignored`).
+pub use integration_test::require_root;
 
 /// A `toa agent` process with its own pin directory.
 pub struct AgentProc {
