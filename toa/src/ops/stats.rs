@@ -6,7 +6,7 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use serde_json::{Map as JsonMap, Value, json};
 use toa_common::{counters::COUNTERS, maps};
 
-use crate::{Error, Result, paths::PinDir};
+use crate::{Error, Result, sys::paths::PinDir};
 
 /// Counter values at one instant.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::{
 
 use toa_common::inject::packets;
 
-use crate::{Error, Result, inject::parse_packets, paths};
+use crate::{Error, Result, forwarder::inject::parse_packets, sys::paths};
 
 /// Where the running proxy serves its counters.
 pub const DEFAULT_STATS_SOCKET: &str = "/run/toa/proxy.sock";

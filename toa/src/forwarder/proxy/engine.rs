@@ -21,9 +21,8 @@ use super::{
     Shared,
     pool::{Tried, mark_tried},
     pump::{Ends, Pump, Spares},
-    sys,
 };
-use crate::inject::spec_for;
+use crate::{forwarder::inject::spec_for, sys::net as sys};
 
 const KIND_LISTENER: u64 = 0;
 const KIND_CLIENT: u64 = 1;

@@ -3,7 +3,7 @@
 use aya::{Ebpf, EbpfLoader};
 use toa_common::maps;
 
-use crate::{Result, paths::PinDir};
+use crate::{Result, sys::paths::PinDir};
 
 /// The eBPF object built from `toa-ebpf` by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/toa"));

@@ -3,7 +3,7 @@
 //!
 //! The list comes from a `NETLINK_SOCK_DIAG` dump of the TCP sockets that
 //! asks the kernel for each socket's value in the pinned `TOA_PEERS` socket
-//! storage ([`crate::sockdiag`]). No eBPF program runs for it and no lock of
+//! storage ([`crate::ops::sockdiag`]). No eBPF program runs for it and no lock of
 //! the data path is taken beyond what `ss` takes, so listing a busy host does
 //! not slow its connections down.
 
@@ -24,8 +24,8 @@ use toa_common::{Family, PeerRecord, maps, peer::source};
 
 use crate::{
     Error, Result,
-    paths::PinDir,
-    sockdiag::{self, DiagSocket, SockDiag, TCP_LISTEN},
+    ops::sockdiag::{self, DiagSocket, SockDiag, TCP_LISTEN},
+    sys::paths::PinDir,
 };
 
 /// Which network namespaces to list.

@@ -28,11 +28,12 @@ use toa_common::{
 use crate::{
     Error, Result,
     config::{Config, Prefix},
-    ebpf,
-    lock::InstanceLock,
-    paths::PinDir,
-    programs::{self, ProgramSpec, RECEIVER},
-    system,
+    receiver::{
+        ebpf,
+        lock::InstanceLock,
+        programs::{self, ProgramSpec, RECEIVER},
+    },
+    sys::{host as system, paths::PinDir},
 };
 
 /// What the agent is asked to do.

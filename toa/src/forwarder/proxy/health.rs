@@ -15,7 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Shared, sys};
+use super::Shared;
+use crate::sys::net as sys;
 
 /// Consecutive results of one backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

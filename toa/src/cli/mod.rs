@@ -5,17 +5,21 @@ use std::{io::Write as _, net::SocketAddr, path::PathBuf};
 use anyhow::{Context as _, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use toa::{
-    agent::{self, Agent, AgentConfig},
     config::{Config, DEFAULT_TOML, Prefix},
-    doctor,
-    inject::{self, Injector},
-    metrics::MetricsServer,
-    paths::{self, PinDir},
-    signals::TerminationSignals,
-    sniff::{self, SniffOptions},
-    stats::Snapshot,
-    status::Status,
-    table::{self, Namespaces},
+    forwarder::inject::{self, Injector},
+    ops::{
+        doctor,
+        metrics::MetricsServer,
+        sniff::{self, SniffOptions},
+        stats::Snapshot,
+        status::Status,
+        table::{self, Namespaces},
+    },
+    receiver::agent::{self, Agent, AgentConfig},
+    sys::{
+        paths::{self, PinDir},
+        signals::TerminationSignals,
+    },
 };
 use toa_common::Format;
 
@@ -58,7 +62,7 @@ enum Command {
     /// Runs in the foreground until SIGINT/SIGTERM; detaches on exit.
     Inject(InjectArgs),
     /// Forward TCP connections to backends, inserting the client's address as a TOA option.
-    Proxy(toa::proxy::ProxyArgs),
+    Proxy(toa::forwarder::proxy::ProxyArgs),
     /// Print shell completions.
     Completions {
         /// The shell.
@@ -131,7 +135,7 @@ struct StatsArgs {
     json: bool,
     /// Stats socket of a running `toa proxy`; when it answers, its counters
     /// follow (under "proxy" in JSON).
-    #[arg(long, value_name = "PATH", default_value = toa::proxy::settings::DEFAULT_STATS_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = toa::forwarder::proxy::settings::DEFAULT_STATS_SOCKET)]
     proxy_socket: PathBuf,
     #[command(flatten)]
     pins: PinArgs,
@@ -245,7 +249,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Detach(args) => detach(args),
         Command::Config(args) => config(args),
         Command::Inject(args) => run_inject(args),
-        Command::Proxy(args) => Ok(toa::proxy::run(args)?),
+        Command::Proxy(args) => Ok(toa::forwarder::proxy::run(args)?),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "toa", &mut std::io::stdout());
             Ok(())
@@ -311,7 +315,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         None => None,
     };
     // RUST_LOG=debug: log each connection that gets a real client (polls `toa table`'s source).
-    let connlog = toa::watch::ConnectionLog::start_if_debug(settings.pins.clone());
+    let connlog = toa::ops::watch::ConnectionLog::start_if_debug(settings.pins.clone());
     for spec in agent.programs() {
         tracing::info!(program = spec.name, hook = spec.hook.attach_type(), "{}", spec.role);
     }
@@ -337,7 +341,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
 }
 
 fn stats(args: StatsArgs) -> Result<()> {
-    let proxy = toa::proxy::stats::fetch(&args.proxy_socket);
+    let proxy = toa::forwarder::proxy::stats::fetch(&args.proxy_socket);
     let snapshot = match Snapshot::read_pinned(&args.pins.resolve()?) {
         Ok(s) => Some(s),
         Err(toa::Error::NotRunning { .. }) if proxy.is_some() => None,
@@ -354,7 +358,7 @@ fn stats(args: StatsArgs) -> Result<()> {
             print!("{}", s.to_text());
         }
         if let Some(p) = proxy {
-            print!("{}", toa::proxy::stats::render_text(&p));
+            print!("{}", toa::forwarder::proxy::stats::render_text(&p));
         }
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{Error, Result, paths};
+use crate::{Error, Result, sys::paths};
 
 /// `statfs` magic of cgroup v2.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;

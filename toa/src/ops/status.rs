@@ -8,7 +8,11 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{lock::InstanceLock, paths::PinDir, programs::RECEIVER, stats::Snapshot, system};
+use crate::{
+    ops::stats::Snapshot,
+    receiver::{lock::InstanceLock, programs::RECEIVER},
+    sys::{host as system, paths::PinDir},
+};
 
 /// One pinned link.
 #[derive(Debug, Clone, Serialize)]
@@ -62,7 +66,7 @@ impl KernelFacts {
         let parent = pins.root().ancestors().find(|p| p.exists()).unwrap_or(Path::new("/sys/fs/bpf"));
         KernelFacts {
             release,
-            btf: Path::new(crate::paths::KERNEL_BTF).exists(),
+            btf: Path::new(crate::sys::paths::KERNEL_BTF).exists(),
             cgroup2: system::cgroup2_root().ok(),
             bpffs: system::is_bpffs(parent),
         }

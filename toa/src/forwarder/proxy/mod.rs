@@ -3,7 +3,7 @@
 //!
 //! For every client: pick a healthy backend ([`pool`]), open the upstream
 //! socket, register the client's address for the socket's cookie with the
-//! sock_ops writer ([`crate::inject::Injector`]), connect (the writer copies
+//! sock_ops writer ([`crate::forwarder::inject::Injector`]), connect (the writer copies
 //! the entry into the socket's storage and removes it during `connect()`), then
 //! forward both ways ([`engine`], [`pump`]) until both sides closed.
 //!
@@ -17,7 +17,6 @@ pub mod pool;
 pub mod pump;
 pub mod settings;
 pub mod stats;
-pub mod sys;
 
 use std::{
     net::SocketAddr,
@@ -37,7 +36,11 @@ use settings::{
 };
 use toa_common::inject::InjectSpec;
 
-use crate::{Error, Result, inject::Injector, signals::TerminationSignals, system};
+use crate::{
+    Error, Result,
+    forwarder::inject::Injector,
+    sys::{host as system, net as sys, signals::TerminationSignals},
+};
 
 /// Command-line arguments of `toa proxy`.
 #[derive(Debug, clap::Args)]
@@ -124,7 +127,7 @@ impl ProxyArgs {
                 listen,
                 backends,
                 balance: Balance::parse(&self.balance)?,
-                packets: crate::inject::parse_packets(&self.toa_packets)?,
+                packets: crate::forwarder::inject::parse_packets(&self.toa_packets)?,
                 connect_timeout: parse_duration("--connect-timeout", &self.connect_timeout)?,
                 idle_timeout: parse_duration("--idle-timeout", &self.idle_timeout)?,
                 health,

@@ -24,7 +24,7 @@ use toa_common::{
     option::{self, TCPOPT_EOL, TCPOPT_NOP},
 };
 
-use crate::{Error, Result, table};
+use crate::{Error, Result, ops::table};
 
 const ETH_P_ALL: u16 = 0x0003;
 const ETH_P_IP: u16 = 0x0800;

@@ -2,7 +2,7 @@
 //!
 //! The eBPF programs do not log (a ring buffer write per connection would
 //! cost every connection). When debug logging is on (`RUST_LOG=debug`), the
-//! agent instead polls the table ([`crate::table`], a socket-diagnostics dump
+//! agent instead polls the table ([`crate::ops::table`], a socket-diagnostics dump
 //! as `toa table` does) once a second and logs each connection that gained a
 //! real client and each that went away. Only the agent's own network
 //! namespace is watched; `toa table --all-netns` shows the others.
@@ -18,8 +18,8 @@ use std::{
 };
 
 use crate::{
-    paths::PinDir,
-    table::{self, Entry, Namespaces},
+    ops::table::{self, Entry, Namespaces},
+    sys::paths::PinDir,
 };
 
 /// How often the table is read.

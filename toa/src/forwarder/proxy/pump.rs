@@ -7,7 +7,8 @@ use std::{
     os::fd::{AsRawFd, OwnedFd, RawFd},
 };
 
-use super::{settings::Forward, sys};
+use super::settings::Forward;
+use crate::sys::net as sys;
 
 /// A pipe used by `splice`.
 pub struct Pipe {

@@ -20,7 +20,12 @@ use toa_common::{
     option::{MAX_ENCODED_LEN, encode},
 };
 
-use crate::{Error, Result, ebpf, programs, stats::Snapshot, system};
+use crate::{
+    Error, Result,
+    ops::stats::Snapshot,
+    receiver::{ebpf, programs},
+    sys::host as system,
+};
 
 /// The cookie key that applies to every socket of the cgroup.
 const DEFAULT_TARGET: u64 = 0;

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{Error, Result, paths::PinDir, stats::Snapshot};
+use crate::{Error, Result, ops::stats::Snapshot, sys::paths::PinDir};
 
 /// Help text of each counter, for `# HELP` lines.
 pub fn help(name: &str) -> &'static str {

@@ -4,7 +4,10 @@ use std::{fs, path::Path};
 
 use serde::Serialize;
 
-use crate::{ebpf, paths, programs::RECEIVER, system};
+use crate::{
+    receiver::{ebpf, programs::RECEIVER},
+    sys::{host as system, paths},
+};
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -132,7 +135,7 @@ fn conflicting_programs() -> Vec<Check> {
         .collect();
     let mut found = Vec::new();
     for (hook, attach_type) in [("getpeername4", 29u32), ("getpeername6", 30), ("getsockopt", 21), ("sock_ops", 3)] {
-        for id in crate::programs::query_effective(&dir, attach_type).unwrap_or_default() {
+        for id in crate::receiver::programs::query_effective(&dir, attach_type).unwrap_or_default() {
             let name = names.get(&id).cloned().unwrap_or_else(|| format!("id {id}"));
             if !name.starts_with("toa_") {
                 found.push(format!("{name} on {hook}"));
@@ -168,7 +171,7 @@ pub fn probe_programs() -> Vec<Check> {
     };
     for spec in &RECEIVER {
         let name = format!("program {}", spec.name);
-        out.push(match crate::programs::load(&mut obj, spec) {
+        out.push(match crate::receiver::programs::load(&mut obj, spec) {
             Ok(()) => check(&name, Verdict::Ok, format!("loads ({})", spec.role), ""),
             Err(e) => check(
                 &name,

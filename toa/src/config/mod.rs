@@ -10,10 +10,10 @@ use std::{
 use serde::Deserialize;
 use toa_common::Format;
 
-use crate::{Error, Result, paths, proxy::ProxyConfig};
+use crate::{Error, Result, forwarder::proxy::ProxyConfig, sys::paths};
 
 /// The default configuration, with comments: what `toa config --default` prints.
-pub const DEFAULT_TOML: &str = include_str!("../../packaging/toa.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../../packaging/toa.toml");
 
 /// Everything the file can say.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
