@@ -1,12 +1,6 @@
 //! Driving the client-side option writer (`toa_inject`).
 
-use std::{
-    fs::File,
-    io,
-    net::SocketAddr,
-    os::fd::{AsFd, AsRawFd},
-    path::Path,
-};
+use std::{fs::File, net::SocketAddr, os::fd::AsFd, path::Path};
 
 use aya::{
     Ebpf,
@@ -24,7 +18,7 @@ use crate::{
     Error, Result,
     ops::stats::Snapshot,
     receiver::{ebpf, programs},
-    sys::host as system,
+    sys::{host as system, net},
 };
 
 /// The cookie key that applies to every socket of the cgroup.
@@ -59,7 +53,7 @@ impl Injector {
     /// Writes `spec` on the connection `socket` makes; call before `connect()`.
     /// Returns the socket's cookie, for [`Injector::forget`].
     pub fn set_for_socket(&mut self, socket: impl AsFd, spec: InjectSpec) -> Result<u64> {
-        let cookie = socket_cookie(socket).map_err(Error::io("reading SO_COOKIE of", "socket"))?;
+        let cookie = net::socket_cookie(socket).map_err(Error::io("reading SO_COOKIE of", "socket"))?;
         self.set(cookie, spec)?;
         Ok(cookie)
     }
@@ -86,26 +80,6 @@ impl Injector {
         let map = self.ebpf.map(maps::COUNTERS).ok_or(Error::MissingMap(maps::COUNTERS))?;
         Snapshot::read_map(map)
     }
-}
-
-/// The kernel's cookie of a socket (`SO_COOKIE`).
-pub fn socket_cookie(socket: impl AsFd) -> io::Result<u64> {
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd and out buffer of the announced size.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cookie)
 }
 
 /// Parses a packet list such as `ack,data` into [`packets`] bits.

@@ -38,13 +38,6 @@ fn check(name: &str, verdict: Verdict, detail: impl Into<String>, fix: impl Into
     Check { name: name.into(), verdict, detail: detail.into(), fix: fix.into() }
 }
 
-/// The running kernel's (major, minor).
-pub fn kernel_version() -> Option<(u32, u32)> {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
 /// Runs every check. Loading the programs (not attaching them) is the
 /// feature probe: the kernel's verifier says which hook or helper is missing.
 pub fn run() -> Vec<Check> {
@@ -63,8 +56,8 @@ pub fn run() -> Vec<Check> {
             "run toa as root (or via the systemd unit)",
         ),
     });
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    checks.push(match kernel_version() {
+    let release = system::kernel_release();
+    checks.push(match system::kernel_version() {
         Some(v) if v >= (5, 10) => check("kernel", Verdict::Ok, release.clone(), ""),
         Some(_) => check(
             "kernel",

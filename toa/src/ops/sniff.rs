@@ -24,7 +24,10 @@ use toa_common::{
     option::{self, TCPOPT_EOL, TCPOPT_NOP},
 };
 
-use crate::{Error, Result, ops::table};
+use crate::{
+    Error, Result,
+    sys::{netns, time},
+};
 
 const ETH_P_ALL: u16 = 0x0003;
 const ETH_P_IP: u16 = 0x0800;
@@ -242,23 +245,13 @@ pub fn render(time: SystemTime, outgoing: bool, seen: &Seen) -> String {
     };
     format!(
         "{} {} {} > {} [{}] {}",
-        clock(time),
+        time::clock(time),
         if outgoing { "out" } else { "in " },
         seen.src,
         seen.dst,
         seen.flags,
         what
     )
-}
-
-fn clock(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as libc::time_t;
-    // SAFETY: zeroed tm is valid; localtime_r writes into it.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers.
-    unsafe { libc::localtime_r(&secs, &mut tm) };
-    format!("{:02}:{:02}:{:02}.{:06}", tm.tm_hour, tm.tm_min, tm.tm_sec, d.subsec_micros())
 }
 
 /// A classic BPF program: IPv4 TCP or any IPv6 (decoded in userspace), cut to `SNAPLEN`.
@@ -336,7 +329,7 @@ fn open_capture(iface: &str) -> Result<OwnedFd> {
 pub fn run(opts: &SniffOptions, out: &mut dyn Write) -> Result<()> {
     if let Some(path) = &opts.netns {
         let ns = File::open(path).map_err(Error::io("opening network namespace", path))?;
-        table::enter_netns(&ns).map_err(Error::io("entering network namespace", path))?;
+        netns::enter(&ns).map_err(Error::io("entering network namespace", path))?;
     }
     let fd = open_capture(&opts.iface)?;
     let formats = Formats::from_list(if opts.formats.is_empty() { &DEFAULT_FORMATS } else { &opts.formats });
@@ -371,7 +364,7 @@ pub fn run(opts: &SniffOptions, out: &mut dyn Write) -> Result<()> {
         tracing::debug!(src = %seen.src, dst = %seen.dst, verdict = ?seen.verdict, "segment");
         let line = if opts.json {
             let mut v = serde_json::to_value(&seen).map_err(|e| Error::Invalid(e.to_string()))?;
-            v["time"] = table::rfc3339(now).into();
+            v["time"] = time::rfc3339(now).into();
             v["direction"] = if outgoing { "out" } else { "in" }.into();
             v.to_string()
         } else {

@@ -62,7 +62,7 @@ pub struct KernelFacts {
 impl KernelFacts {
     /// Reads them.
     pub fn read(pins: &PinDir) -> KernelFacts {
-        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+        let release = system::kernel_release();
         let parent = pins.root().ancestors().find(|p| p.exists()).unwrap_or(Path::new("/sys/fs/bpf"));
         KernelFacts {
             release,

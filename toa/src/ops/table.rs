@@ -10,12 +10,9 @@
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::{
-        fd::{AsFd, AsRawFd},
-        unix::fs::MetadataExt,
-    },
+    os::fd::AsFd,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use aya::maps::MapData;
@@ -25,7 +22,7 @@ use toa_common::{Family, PeerRecord, maps, peer::source};
 use crate::{
     Error, Result,
     ops::sockdiag::{self, DiagSocket, SockDiag, TCP_LISTEN},
-    sys::paths::PinDir,
+    sys::{netns, paths::PinDir, time},
 };
 
 /// Which network namespaces to list.
@@ -82,19 +79,19 @@ pub fn read(pins: &PinDir, namespaces: &Namespaces) -> Result<Vec<Entry>> {
     let map = MapData::from_pin(&path).map_err(|source| Error::Map { name: maps::PEERS, source })?;
     let map_id = map.info().map_err(|source| Error::Map { name: maps::PEERS, source })?.id();
     let targets: Vec<(String, Option<File>)> = match namespaces {
-        Namespaces::Current => vec![(netns_label(Path::new("/proc/thread-self/ns/net")), None)],
+        Namespaces::Current => vec![(netns::label(Path::new("/proc/thread-self/ns/net")), None)],
         Namespaces::Paths(paths) => paths
             .iter()
-            .map(|p| Ok((netns_label(p), Some(File::open(p).map_err(Error::io("opening network namespace", p))?))))
+            .map(|p| Ok((netns::label(p), Some(File::open(p).map_err(Error::io("opening network namespace", p))?))))
             .collect::<Result<_>>()?,
-        Namespaces::All => all_netns().into_iter().map(|(label, f)| (label, Some(f))).collect(),
+        Namespaces::All => netns::all().into_iter().map(|(label, f)| (label, Some(f))).collect(),
     };
-    let now_boot = boottime();
+    let now_boot = time::boottime();
     let now_wall = SystemTime::now();
     let mut entries = Vec::new();
     for (label, ns) in targets {
         if let Some(ns) = &ns {
-            enter_netns(ns).map_err(Error::io("entering network namespace", &label))?;
+            netns::enter(ns).map_err(Error::io("entering network namespace", &label))?;
         }
         let mut diag = SockDiag::open().map_err(Error::io("opening", "a NETLINK_SOCK_DIAG socket"))?;
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -142,7 +139,7 @@ pub fn entry(netns: &str, s: &DiagSocket, map_id: u32, now_boot: Duration, now_w
             _ => "?",
         },
         age_ms: age.as_millis() as u64,
-        since: rfc3339(now_wall.checked_sub(age).unwrap_or(now_wall)),
+        since: time::rfc3339(now_wall.checked_sub(age).unwrap_or(now_wall)),
         state: sockdiag::state_name(s.state),
         uid: s.uid,
         inode: s.inode,
@@ -174,7 +171,7 @@ pub fn render(entries: &[Entry], with_netns: bool) -> String {
                 e.real_client.clone(),
                 e.kind.to_string(),
                 e.packet.to_string(),
-                human_age(e.age_ms),
+                time::human_age(e.age_ms),
             ]
         })
         .collect();
@@ -205,95 +202,10 @@ pub fn render(entries: &[Entry], with_netns: bool) -> String {
     out
 }
 
-/// `1.2s`, `3m04s`, `2h05m`, `3d04h`.
-pub fn human_age(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..60 => format!("{}.{}s", s, (ms % 1000) / 100),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
-    }
-}
-
-/// `CLOCK_BOOTTIME`, the clock `bpf_ktime_get_boot_ns()` reads.
-pub fn boottime() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// A UTC time as RFC 3339 with milliseconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-/// Moves the calling thread into the network namespace `ns` (an open
-/// namespace file). Sockets opened afterwards belong to it.
-pub fn enter_netns(ns: &File) -> std::io::Result<()> {
-    // SAFETY: plain syscall on an open fd.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// `net:[INODE]` of a namespace file (the form /proc shows).
-pub fn netns_label(path: &Path) -> String {
-    match std::fs::metadata(path) {
-        Ok(m) => format!("net:[{}]", m.ino()),
-        Err(_) => path.display().to_string(),
-    }
-}
-
-/// Every distinct network namespace: /run/netns/* first, then /proc/*/ns/net.
-fn all_netns() -> Vec<(String, File)> {
-    let mut seen = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    candidates.push(PathBuf::from("/proc/thread-self/ns/net"));
-    if let Ok(d) = std::fs::read_dir("/run/netns") {
-        candidates.extend(d.flatten().map(|e| e.path()));
-    }
-    if let Ok(d) = std::fs::read_dir("/proc") {
-        candidates.extend(
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-                .map(|e| e.path().join("ns/net")),
-        );
-    }
-    for path in candidates {
-        let Ok(file) = File::open(&path) else { continue };
-        let Ok(meta) = file.metadata() else { continue };
-        if seen.insert((meta.dev(), meta.ino())) {
-            out.push((format!("net:[{}]", meta.ino()), file));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     fn socket(storage: Vec<u8>) -> DiagSocket {
@@ -347,15 +259,5 @@ mod tests {
         let e = entry("n", &socket(record_bytes(&r)), 3, Duration::ZERO, now).expect("row");
         assert_eq!(e.real_client, "2001:db8::7");
         assert_eq!(e.packet, "syn");
-    }
-
-    #[test]
-    fn ages_and_dates() {
-        assert_eq!(human_age(1234), "1.2s");
-        assert_eq!(human_age(184_000), "3m04s");
-        assert_eq!(human_age(7_500_000), "2h05m");
-        assert_eq!(human_age(3 * 86_400_000 + 4 * 3_600_000), "3d04h");
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(951_782_400_123)), "2000-02-29T00:00:00.123Z");
     }
 }

@@ -14,7 +14,7 @@ use aya::{
 };
 use toa_common::programs as names;
 
-use crate::{Error, Result};
+use crate::{Error, Result, sys::bpf};
 
 /// The kind of hook a program attaches to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,7 +122,7 @@ impl NewLink {
         match self {
             NewLink::Aya(link) => link.pin(path).map_err(|source| Error::Pin { path: path.into(), source }),
             NewLink::Raw(fd) => {
-                bpf_sys::obj_pin(fd.as_fd(), path).map_err(Error::io("pinning", path))?;
+                bpf::obj_pin(fd.as_fd(), path).map_err(Error::io("pinning", path))?;
                 PinnedLink::from_pin(path).map_err(|e| Error::io("opening pin", path)(std::io::Error::other(e)))
             }
         }
@@ -137,7 +137,7 @@ pub fn attach_link(ebpf: &mut Ebpf, spec: &ProgramSpec, cgroup: impl AsFd) -> Re
         let program = ebpf.program_mut(spec.name).ok_or(Error::MissingProgram(spec.name))?;
         let p: &mut CgroupSockopt = program.try_into().map_err(err)?;
         let prog = p.fd().map_err(err)?;
-        let link = bpf_sys::link_create(prog.as_fd(), cgroup.as_fd(), bpf_sys::BPF_CGROUP_GETSOCKOPT)
+        let link = bpf::link_create(prog.as_fd(), cgroup.as_fd(), bpf::attach::GETSOCKOPT)
             .map_err(Error::io("attaching the getsockopt program to", "cgroup"))?;
         return Ok(NewLink::Raw(link));
     }
@@ -169,7 +169,7 @@ pub fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, cgroup: impl AsFd) -> Result<
 
 /// The ids of the programs in effect for `attach_type` on a cgroup.
 pub fn query_effective(cgroup: impl AsFd, attach_type: u32) -> std::io::Result<Vec<u32>> {
-    bpf_sys::prog_query(cgroup.as_fd(), attach_type)
+    bpf::prog_query(cgroup.as_fd(), attach_type)
 }
 
 /// One line saying why a program did not load (the verifier's last words).
@@ -191,68 +191,6 @@ pub fn summarize(text: &str) -> String {
                 .unwrap_or(last);
             format!("{head}; verifier: {verdict}")
         }
-    }
-}
-
-/// The bpf(2) commands aya does not offer here (getsockopt links, queries).
-mod bpf_sys {
-    use std::{
-        ffi::CString,
-        io,
-        os::{
-            fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-            unix::ffi::OsStrExt,
-        },
-        path::Path,
-    };
-
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_PROG_QUERY: libc::c_long = 16;
-    const BPF_F_QUERY_EFFECTIVE: u64 = 1;
-    const BPF_LINK_CREATE: libc::c_long = 28;
-    /// `enum bpf_attach_type`: BPF_CGROUP_GETSOCKOPT.
-    pub const BPF_CGROUP_GETSOCKOPT: u32 = 21;
-
-    fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<i64> {
-        // SAFETY: `attr` is a zero-padded `union bpf_attr` of 128 bytes.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) };
-        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
-    }
-
-    /// `BPF_LINK_CREATE` of `prog` on the cgroup `target`.
-    pub fn link_create(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: u32) -> io::Result<OwnedFd> {
-        let mut attr = [0u64; 16];
-        // struct { __u32 prog_fd, target_fd, attach_type, flags; ... }
-        attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(target.as_raw_fd() as u32) << 32);
-        attr[1] = u64::from(attach_type);
-        let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
-        // SAFETY: the kernel returned a new file descriptor we now own.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-    }
-
-    /// `BPF_PROG_QUERY` (effective) of `attach_type` on the cgroup `target`.
-    pub fn prog_query(target: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
-        let mut ids = [0u32; 64];
-        let mut attr = [0u64; 16];
-        // struct { __u32 target_fd, attach_type, query_flags, attach_flags;
-        //          __aligned_u64 prog_ids; __u32 prog_cnt; ... }
-        attr[0] = u64::from(target.as_raw_fd() as u32) | (u64::from(attach_type) << 32);
-        attr[1] = BPF_F_QUERY_EFFECTIVE;
-        attr[2] = ids.as_mut_ptr() as u64;
-        attr[3] = ids.len() as u64;
-        bpf(BPF_PROG_QUERY, &mut attr)?;
-        let count = (attr[3] & 0xffff_ffff) as usize;
-        Ok(ids[..count.min(ids.len())].to_vec())
-    }
-
-    /// `BPF_OBJ_PIN` of `fd` at `path`.
-    pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-        let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-        let mut attr = [0u64; 16];
-        // struct { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; ... }
-        attr[0] = c.as_ptr() as u64;
-        attr[1] = u64::from(fd.as_raw_fd() as u32);
-        bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
     }
 }
 

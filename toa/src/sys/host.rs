@@ -107,6 +107,28 @@ pub fn resolve_cgroup(given: Option<&Path>) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
+/// The cgroup v2 directory this process is in (from `/proc/self/cgroup`).
+pub fn own_cgroup() -> Result<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(Error::io("reading", "/proc/self/cgroup"))?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| Error::Invalid("this process is in no cgroup v2 (no `0::` line in /proc/self/cgroup)".into()))?;
+    Ok(cgroup2_root()?.join(rel.trim().trim_start_matches('/')))
+}
+
+/// The running kernel's release (`uname -r`); empty when unreadable.
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+}
+
+/// The running kernel's (major, minor).
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let release = kernel_release();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 /// Makes sure the pin directory's file system is bpffs, mounting bpffs at
 /// /sys/fs/bpf when that is where it should be and nothing is mounted.
 pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {

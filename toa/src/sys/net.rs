@@ -1,5 +1,5 @@
-//! Thin wrappers over the Linux system calls the forwarder uses: epoll,
-//! non-blocking TCP sockets, `splice` through pipes.
+//! Thin wrappers over the Linux socket calls: epoll, non-blocking TCP
+//! sockets, `splice` through pipes, socket cookies.
 //!
 //! Every wrapper returns `io::Result`; `EINTR` is retried where a retry is
 //! the right answer.
@@ -8,7 +8,7 @@ use std::{
     io,
     mem::{size_of, zeroed},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
 };
 
 /// Converts a `-1` return into the current `errno`.
@@ -326,44 +326,19 @@ pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
 
-/// `union bpf_attr` as used by the element commands.
-#[repr(C)]
-struct BpfElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-
-fn bpf_elem(cmd: libc::c_long, map: RawFd, key: *const u8, value: *const u8) -> io::Result<()> {
-    let attr = BpfElemAttr { map_fd: map as u32, _pad: 0, key: key as u64, value: value as u64, flags: 0 };
-    // SAFETY: the attribute block points at live key/value buffers of the map's sizes.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, &attr as *const BpfElemAttr, size_of::<BpfElemAttr>()) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
-/// Inserts or replaces `key → value` in a BPF hash map whose key and value
-/// sizes are those of `K` and `V`.
-pub fn bpf_update<K, V>(map: RawFd, key: &K, value: &V) -> io::Result<()> {
-    bpf_elem(BPF_MAP_UPDATE_ELEM, map, (key as *const K).cast(), (value as *const V).cast())
-}
-
-/// Removes `key` from a BPF hash map.
-pub fn bpf_delete<K>(map: RawFd, key: &K) -> io::Result<()> {
-    bpf_elem(BPF_MAP_DELETE_ELEM, map, (key as *const K).cast(), std::ptr::null())
-}
-
 /// The kernel's cookie of a socket (`SO_COOKIE`).
-pub fn socket_cookie(fd: RawFd) -> io::Result<u64> {
+pub fn socket_cookie(socket: impl AsFd) -> io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid out buffer of the announced size.
+    // SAFETY: valid fd and out buffer of the announced size.
     check(unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
     })?;
     Ok(cookie)
 }

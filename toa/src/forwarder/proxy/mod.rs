@@ -20,7 +20,7 @@ pub mod stats;
 
 use std::{
     net::SocketAddr,
-    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -39,7 +39,7 @@ use toa_common::inject::InjectSpec;
 use crate::{
     Error, Result,
     forwarder::inject::Injector,
-    sys::{host as system, net as sys, signals::TerminationSignals},
+    sys::{bpf, host as system, net as sys, signals::TerminationSignals},
 };
 
 /// Command-line arguments of `toa proxy`.
@@ -194,8 +194,12 @@ impl Shared {
     /// descriptor, no lock.
     pub fn register(&self, socket: impl AsFd, spec: InjectSpec) -> Option<u64> {
         let map = self.targets?;
-        let result = sys::socket_cookie(socket.as_fd().as_raw_fd()).and_then(|cookie| {
-            sys::bpf_update(map, &cookie, &spec)?;
+        // SAFETY: the injector that owns the map lives in `self` as long as the call.
+        let map = unsafe { BorrowedFd::borrow_raw(map) };
+        let result = sys::socket_cookie(socket).and_then(|cookie| {
+            // SAFETY: the map's key is the u64 cookie and its value an
+            // `InjectSpec` (checked when the injector took the map).
+            unsafe { bpf::map_update(map, &cookie, &spec) }?;
             Ok(cookie)
         });
         match result {
@@ -209,8 +213,11 @@ impl Shared {
 
     /// Drops the entry of a cookie (already gone if the writer consumed it).
     pub fn forget(&self, cookie: u64) {
-        if let Some(map) = self.targets
-            && let Err(e) = sys::bpf_delete(map, &cookie)
+        let Some(map) = self.targets else { return };
+        // SAFETY: the injector that owns the map lives in `self` as long as the call.
+        let map = unsafe { BorrowedFd::borrow_raw(map) };
+        // SAFETY: the map's key is the u64 cookie.
+        if let Err(e) = unsafe { bpf::map_delete(map, &cookie) }
             && e.raw_os_error() != Some(libc::ENOENT)
         {
             tracing::warn!(error = %e, cookie, "cannot remove a socket's entry");
@@ -226,16 +233,6 @@ impl Shared {
             Err(_) => (0, 0),
         }
     }
-}
-
-/// The cgroup v2 directory this process is in (from `/proc/self/cgroup`).
-pub fn own_cgroup() -> Result<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(Error::io("reading", "/proc/self/cgroup"))?;
-    let rel = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .ok_or_else(|| Error::Invalid("this process is in no cgroup v2 (no `0::` line in /proc/self/cgroup)".into()))?;
-    Ok(system::cgroup2_root()?.join(rel.trim().trim_start_matches('/')))
 }
 
 fn bind_listeners(settings: &Settings) -> Result<Vec<Listener>> {
@@ -286,7 +283,7 @@ pub fn run(args: ProxyArgs) -> Result<()> {
     system::require_root()?;
     let signals = TerminationSignals::block().map_err(Error::io("blocking SIGINT/SIGTERM", "signals"))?;
     let listeners = bind_listeners(&settings)?;
-    let cgroup = own_cgroup()?;
+    let cgroup = system::own_cgroup()?;
     let injector = Injector::attach(&cgroup)?;
     let targets = Some(injector.targets_fd().as_raw_fd());
     tracing::info!(cgroup = %cgroup.display(), "option writer attached to the proxy's own cgroup");
