@@ -10,7 +10,11 @@ use std::{
 use serde::Deserialize;
 use toa_common::Format;
 
-use crate::{Error, Result, forwarder::proxy::ProxyConfig, sys::paths};
+use crate::{Error, Result, sys::paths};
+
+pub mod proxy;
+
+use proxy::ProxyConfig;
 
 /// The default configuration, with comments: what `toa config --default` prints.
 pub const DEFAULT_TOML: &str = include_str!("../../../packaging/toa.toml");

@@ -21,7 +21,6 @@ pub mod stats;
 use std::{
     net::SocketAddr,
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
-    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering::Relaxed},
@@ -29,11 +28,8 @@ use std::{
     time::Duration,
 };
 
-pub use settings::ProxyConfig;
-use settings::{
-    Balance, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Forward, HealthSettings, ListenerSettings, Settings,
-    check_health, check_kind4, check_kind6, parse_addr, parse_backend, parse_duration,
-};
+pub use settings::Settings;
+use settings::{Forward, ListenerSettings};
 use toa_common::inject::InjectSpec;
 
 use crate::{
@@ -41,119 +37,6 @@ use crate::{
     forwarder::inject::Injector,
     sys::{bpf, host as system, net as sys, signals::TerminationSignals},
 };
-
-/// Command-line arguments of `toa proxy`.
-#[derive(Debug, clap::Args)]
-pub struct ProxyArgs {
-    /// Address to accept clients on, e.g. 0.0.0.0:80 or [::]:80 (dual-stack).
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<String>,
-    /// A backend, ADDR:PORT[,kind=N][,kind6=N]; repeat for several.
-    #[arg(long = "backend", value_name = "ADDR:PORT")]
-    pub backends: Vec<String>,
-    /// How to pick a backend: round-robin or least-conn.
-    #[arg(long, value_name = "POLICY", default_value = "round-robin")]
-    pub balance: String,
-    /// Option kind for IPv4 clients (8-byte option): 254, 200 or 253.
-    #[arg(long, value_name = "KIND", default_value_t = 254)]
-    pub kind: u8,
-    /// Option kind for IPv6 clients (20-byte option): 253 or 254.
-    #[arg(long, value_name = "KIND", default_value_t = 253)]
-    pub kind6: u8,
-    /// Packets that carry the option: any of syn, ack, data.
-    #[arg(long, value_name = "LIST", default_value = "ack,data")]
-    pub toa_packets: String,
-    /// How long a backend may take to accept (e.g. 5s, 500ms).
-    #[arg(long, value_name = "DURATION", default_value = "5s")]
-    pub connect_timeout: String,
-    /// Close connections silent this long in both directions.
-    #[arg(long, value_name = "DURATION", default_value = "5m")]
-    pub idle_timeout: String,
-    /// Time between health checks of a backend (0 disables them).
-    #[arg(long, value_name = "DURATION", default_value = "2s")]
-    pub health_interval: String,
-    /// How long one health check may take.
-    #[arg(long, value_name = "DURATION", default_value = "1s")]
-    pub health_timeout: String,
-    /// Consecutive successful checks that bring a backend back.
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    pub rise: u32,
-    /// Consecutive failed checks that take a backend out.
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub fall: u32,
-    /// Worker threads (default: one per CPU).
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// Forwarding path: splice (zero-copy through a pipe) or copy (user-space buffer).
-    #[arg(long, value_name = "PATH")]
-    pub forward: Option<String>,
-    /// Unix socket where the counters are served (`toa stats` reads it).
-    #[arg(long, value_name = "PATH")]
-    pub stats_socket: Option<PathBuf>,
-    /// Configuration file whose [proxy] section adds listeners
-    /// (default: /etc/toa/toa.toml, read only without --listen).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-}
-
-impl ProxyArgs {
-    /// Turns the command line (and the config file it names) into settings.
-    pub fn to_settings(&self) -> Result<Settings> {
-        let file = match (&self.config, &self.listen) {
-            (Some(path), _) => Some(path.clone()),
-            (None, None) => Settings::default_config_file().map(Path::to_path_buf),
-            (None, Some(_)) => None,
-        };
-        let mut settings = match file {
-            Some(path) => crate::config::Config::load(&path)?.proxy.to_settings()?,
-            None => ProxyConfig::default().to_settings()?,
-        };
-        if let Some(listen) = &self.listen {
-            let kind4 = check_kind4(self.kind)?;
-            let kind6 = check_kind6(self.kind6)?;
-            let backends = self.backends.iter().map(|b| parse_backend(b, kind4, kind6)).collect::<Result<Vec<_>>>()?;
-            let listen = parse_addr("listen", listen)?;
-            if backends.is_empty() {
-                return Err(Error::Invalid(format!("listener {listen} has no backends (give --backend ADDR:PORT)")));
-            }
-            let health = HealthSettings {
-                interval: parse_duration("--health-interval", &self.health_interval)?,
-                timeout: parse_duration("--health-timeout", &self.health_timeout)?,
-                rise: self.rise,
-                fall: self.fall,
-            };
-            check_health(&health)?;
-            settings.listeners.push(ListenerSettings {
-                listen,
-                backends,
-                balance: Balance::parse(&self.balance)?,
-                packets: crate::forwarder::inject::parse_packets(&self.toa_packets)?,
-                connect_timeout: parse_duration("--connect-timeout", &self.connect_timeout)?,
-                idle_timeout: parse_duration("--idle-timeout", &self.idle_timeout)?,
-                health,
-            });
-        } else if !self.backends.is_empty() {
-            return Err(Error::Invalid("--backend needs --listen".into()));
-        }
-        if let Some(w) = self.workers {
-            settings.workers = w;
-        }
-        if let Some(f) = &self.forward {
-            settings.forward = Forward::parse(f)?;
-        }
-        if let Some(p) = &self.stats_socket {
-            settings.stats_socket = p.clone();
-        }
-        if settings.workers == 0 {
-            settings.workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        }
-        settings.check()?;
-        Ok(settings)
-    }
-}
-
-// Keep the defaults of the flags and of the file in one place.
-const _: () = assert!(DEFAULT_CONNECT_TIMEOUT.as_secs() == 5 && DEFAULT_IDLE_TIMEOUT.as_secs() == 300);
 
 /// One listening socket with its backends and counters.
 pub struct Listener {
@@ -278,11 +161,10 @@ fn initial_checks(listeners: &[Listener]) {
 }
 
 /// Runs the proxy in the foreground until SIGINT/SIGTERM.
-pub fn run(args: ProxyArgs) -> Result<()> {
-    let settings = args.to_settings()?;
+pub fn run(settings: &Settings) -> Result<()> {
     system::require_root()?;
     let signals = TerminationSignals::block().map_err(Error::io("blocking SIGINT/SIGTERM", "signals"))?;
-    let listeners = bind_listeners(&settings)?;
+    let listeners = bind_listeners(settings)?;
     let cgroup = system::own_cgroup()?;
     let injector = Injector::attach(&cgroup)?;
     let targets = Some(injector.targets_fd().as_raw_fd());

@@ -1,16 +1,16 @@
-//! What the forwarder is told to do: the `[proxy]` section of the
-//! configuration file and the command line, both turned into validated
-//! [`Settings`].
+//! What the forwarder is told to do: a `[proxy]` section (of the
+//! configuration file, with the command line's listener added) turned into
+//! validated [`Settings`].
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use toa_common::inject::packets;
 
-use crate::{Error, Result, forwarder::inject::parse_packets, sys::paths};
+use crate::{
+    Error, Result,
+    config::proxy::{BackendConfig, ListenerConfig, ProxyConfig},
+    forwarder::inject::parse_packets,
+};
 
 /// Where the running proxy serves its counters.
 pub const DEFAULT_STATS_SOCKET: &str = "/run/toa/proxy.sock";
@@ -19,98 +19,6 @@ pub const DEFAULT_STATS_SOCKET: &str = "/run/toa/proxy.sock";
 pub const KINDS_V4: [u8; 3] = [254, 200, 253];
 /// Option kinds the forwarder writes for IPv6 clients (a 20-byte option).
 pub const KINDS_V6: [u8; 2] = [253, 254];
-
-/// The `[proxy]` section of the configuration file.
-///
-/// ```toml
-/// [proxy]
-/// workers = 0                       # 0: one per CPU
-/// stats_socket = "/run/toa/proxy.sock"
-///
-/// [[proxy.listener]]
-/// listen = "0.0.0.0:80"
-/// backends = ["192.0.2.2:8080", { addr = "[2001:db8::2]:8080", kind = 200, kind6 = 254 }]
-/// balance = "round-robin"           # or "least-conn"
-/// kind = 254                        # IPv4 clients: 254, 200 or 253 (8 bytes)
-/// kind6 = 253                       # IPv6 clients: 253 or 254 (20 bytes)
-/// toa_packets = "ack,data"          # any of syn, ack, data
-/// connect_timeout = "5s"
-/// idle_timeout = "5m"
-/// health = { interval = "2s", timeout = "1s", rise = 2, fall = 3 }
-/// ```
-#[derive(Debug, Default, Clone, PartialEq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProxyConfig {
-    /// Worker threads (0: one per CPU).
-    pub workers: usize,
-    /// Unix socket serving the counters (`toa stats` reads it).
-    pub stats_socket: Option<PathBuf>,
-    /// Forwarding path: `splice` (default) or `copy`.
-    pub forward: Option<String>,
-    /// The listeners.
-    #[serde(rename = "listener")]
-    pub listeners: Vec<ListenerConfig>,
-}
-
-/// One `[[proxy.listener]]`.
-#[derive(Debug, Default, Clone, PartialEq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ListenerConfig {
-    /// Address to accept clients on, `ADDR:PORT`.
-    pub listen: String,
-    /// Backends: `"ADDR:PORT"` or `{ addr, kind, kind6 }`.
-    pub backends: Vec<BackendConfig>,
-    /// `round-robin` (default) or `least-conn`.
-    pub balance: Option<String>,
-    /// Option kind for IPv4 clients.
-    pub kind: Option<u8>,
-    /// Option kind for IPv6 clients.
-    pub kind6: Option<u8>,
-    /// Packets that carry the option.
-    pub toa_packets: Option<String>,
-    /// How long to wait for a backend to accept.
-    pub connect_timeout: Option<String>,
-    /// How long a connection may stay silent in both directions.
-    pub idle_timeout: Option<String>,
-    /// Active health checks.
-    pub health: HealthConfig,
-}
-
-/// A backend in the configuration file.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(untagged)]
-pub enum BackendConfig {
-    /// `"ADDR:PORT"`.
-    Addr(String),
-    /// `{ addr = "ADDR:PORT", kind = 200, kind6 = 254 }`.
-    Full(BackendTable),
-}
-
-/// A backend given as a table.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendTable {
-    /// `ADDR:PORT`.
-    pub addr: String,
-    /// Option kind for IPv4 clients (overrides the listener's).
-    pub kind: Option<u8>,
-    /// Option kind for IPv6 clients (overrides the listener's).
-    pub kind6: Option<u8>,
-}
-
-/// `health = { ... }` of a listener.
-#[derive(Debug, Default, Clone, PartialEq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HealthConfig {
-    /// Time between checks of one backend (`"0"` disables checks).
-    pub interval: Option<String>,
-    /// How long one check may take.
-    pub timeout: Option<String>,
-    /// Consecutive successes that bring a backend back.
-    pub rise: Option<u32>,
-    /// Consecutive failures that take it out.
-    pub fall: Option<u32>,
-}
 
 /// How a backend is chosen for a new connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,13 +202,13 @@ pub fn parse_backend(s: &str, kind4: u8, kind6: u8) -> Result<BackendSettings> {
     Ok(b)
 }
 
-impl ListenerConfig {
-    /// Validates one listener of the file.
-    pub fn to_settings(&self) -> Result<ListenerSettings> {
-        let listen = parse_addr("listen", &self.listen)?;
-        let kind4 = check_kind4(self.kind.unwrap_or(254))?;
-        let kind6 = check_kind6(self.kind6.unwrap_or(253))?;
-        let backends = self
+impl ListenerSettings {
+    /// Validates one listener of the file (or of the command line).
+    pub fn from_config(config: &ListenerConfig) -> Result<ListenerSettings> {
+        let listen = parse_addr("listen", &config.listen)?;
+        let kind4 = check_kind4(config.kind.unwrap_or(254))?;
+        let kind6 = check_kind6(config.kind6.unwrap_or(253))?;
+        let backends = config
             .backends
             .iter()
             .map(|b| match b {
@@ -316,7 +224,7 @@ impl ListenerConfig {
             return Err(Error::Invalid(format!("listener {listen} has no backends")));
         }
         let d = HealthSettings::default();
-        let h = &self.health;
+        let h = &config.health;
         let health = HealthSettings {
             interval: h
                 .interval
@@ -337,15 +245,15 @@ impl ListenerConfig {
         Ok(ListenerSettings {
             listen,
             backends,
-            balance: self.balance.as_deref().map(Balance::parse).transpose()?.unwrap_or(Balance::RoundRobin),
-            packets: self.toa_packets.as_deref().map(parse_packets).transpose()?.unwrap_or(DEFAULT_PACKETS),
-            connect_timeout: self
+            balance: config.balance.as_deref().map(Balance::parse).transpose()?.unwrap_or(Balance::RoundRobin),
+            packets: config.toa_packets.as_deref().map(parse_packets).transpose()?.unwrap_or(DEFAULT_PACKETS),
+            connect_timeout: config
                 .connect_timeout
                 .as_deref()
                 .map(|s| parse_duration("connect timeout", s))
                 .transpose()?
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-            idle_timeout: self
+            idle_timeout: config
                 .idle_timeout
                 .as_deref()
                 .map(|s| parse_duration("idle timeout", s))
@@ -367,28 +275,27 @@ pub fn check_health(h: &HealthSettings) -> Result<()> {
     Ok(())
 }
 
-impl ProxyConfig {
-    /// Validates the section; `Settings` without command-line listeners.
-    pub fn to_settings(&self) -> Result<Settings> {
-        let listeners = self.listeners.iter().map(ListenerConfig::to_settings).collect::<Result<Vec<_>>>()?;
-        Ok(Settings {
-            listeners,
-            workers: self.workers,
-            stats_socket: self.stats_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STATS_SOCKET)),
-            forward: self.forward.as_deref().map(Forward::parse).transpose()?.unwrap_or(Forward::Splice),
-        })
-    }
-}
-
 impl Settings {
-    /// The default config file, if present.
-    pub fn default_config_file() -> Option<&'static Path> {
-        let p = Path::new(paths::CONFIG_FILE);
-        p.exists().then_some(p)
+    /// Validates a `[proxy]` section: every listener, the worker count (0:
+    /// one per CPU), and that there is something to forward, once per address.
+    pub fn from_config(config: &ProxyConfig) -> Result<Settings> {
+        let listeners = config.listeners.iter().map(ListenerSettings::from_config).collect::<Result<Vec<_>>>()?;
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let settings = Settings {
+            listeners,
+            workers,
+            stats_socket: config.stats_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STATS_SOCKET)),
+            forward: config.forward.as_deref().map(Forward::parse).transpose()?.unwrap_or(Forward::Splice),
+        };
+        settings.check()?;
+        Ok(settings)
     }
 
-    /// Refuses two listeners on the same address.
-    pub fn check(&self) -> Result<()> {
+    /// Refuses an empty list, and two listeners on the same address.
+    fn check(&self) -> Result<()> {
         if self.listeners.is_empty() {
             return Err(Error::Invalid(
                 "nothing to forward: give --listen ADDR:PORT --backend ADDR:PORT, or [[proxy.listener]] in the config file"
@@ -450,8 +357,7 @@ mod tests {
             idle_timeout = "10s"
         "#;
         let c: ProxyConfig = toml::from_str(text).expect("parses");
-        let s = c.to_settings().expect("valid");
-        s.check().expect("distinct listeners");
+        let s = Settings::from_config(&c).expect("valid");
         assert_eq!(s.workers, 2);
         assert_eq!(s.listeners.len(), 2);
         let a = &s.listeners[0];
@@ -477,9 +383,9 @@ mod tests {
             "forward = \"teleport\"\n",
         ] {
             let c: ProxyConfig = toml::from_str(text).expect("parses");
-            assert!(c.to_settings().is_err(), "{text}");
+            assert!(Settings::from_config(&c).is_err(), "{text}");
         }
         assert!(toml::from_str::<ProxyConfig>("[[listener]]\nlisten = \"0.0.0.0:80\"\nport = 3\n").is_err());
-        assert!(ProxyConfig::default().to_settings().expect("valid").check().is_err(), "no listeners");
+        assert!(Settings::from_config(&ProxyConfig::default()).is_err(), "no listeners");
     }
 }
