@@ -22,7 +22,7 @@ pub struct AgentArgs {
     /// cgroup v2 directory to act on; repeat for several (default: the whole host).
     #[arg(long = "cgroup", value_name = "DIR")]
     cgroups: Vec<PathBuf>,
-    /// Accepted option format KIND/LEN; repeat for several (default: 254/8, 200/8, 253/20, 254/20).
+    /// Accepted option format KIND/LEN; repeat for several (default: the configuration file's `formats`).
     #[arg(long = "format", value_name = "KIND/LEN", value_parser = parse_format)]
     formats: Vec<Format>,
     /// Trusted forwarder prefix (CIDR); repeat for several (default: trust every sender).
@@ -64,10 +64,9 @@ fn agent_settings(args: &AgentArgs) -> Result<(Config, AgentConfig)> {
         file.pin_dir = p.clone();
     }
     if let Some(m) = &args.metrics_listen {
-        file.metrics_listen = m.clone();
-        file.metrics_addr()?;
+        file.metrics_listen = m.parse()?;
     }
-    let mut settings = AgentConfig::from_config(&file)?;
+    let mut settings = AgentConfig::from_config(&file);
     if !args.cgroups.is_empty() {
         settings.cgroups = args.cgroups.clone();
     }
@@ -91,7 +90,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
     let signals = TerminationSignals::block().context("blocking SIGINT/SIGTERM/SIGHUP")?;
     let (file, settings) = agent_settings(&args)?;
     let mut agent = Agent::start(&settings)?;
-    let metrics = match file.metrics_addr()? {
+    let metrics = match file.metrics_listen.0 {
         Some(addr) => match MetricsServer::start(addr, settings.pins.clone()) {
             Ok(m) => Some(m),
             Err(e) => {

@@ -1,4 +1,5 @@
-//! `toa config`: the configuration in effect, or the commented defaults.
+//! `toa config`: the configuration in effect, as TOML that `toa agent
+//! --config` reads back, or the commented defaults.
 
 use std::{io::Write as _, path::PathBuf};
 
@@ -32,6 +33,6 @@ pub fn run(args: ConfigArgs) -> Result<()> {
         "# in effect (from {})",
         if path.exists() { path.display().to_string() } else { "the defaults".into() }
     )?;
-    writeln!(out, "{config:#?}")?;
+    write!(out, "{}", config.to_toml()?)?;
     Ok(())
 }

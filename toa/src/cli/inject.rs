@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use toa::{
+    config::{Packets, proxy::Kind4},
     forwarder::inject::{self, Injector},
     sys::signals::TerminationSignals,
 };
@@ -15,7 +16,7 @@ pub struct InjectArgs {
     #[arg(long, value_name = "DIR")]
     cgroup: PathBuf,
     /// Option kind.
-    #[arg(long, default_value_t = 254)]
+    #[arg(long, default_value_t = Kind4::DEFAULT.get())]
     kind: u8,
     /// Client address to write, e.g. 203.0.113.7:4242 or [2001:db8::7]:4242.
     #[arg(long, value_name = "ADDR:PORT", required_unless_present = "raw", conflicts_with = "raw")]
@@ -27,17 +28,17 @@ pub struct InjectArgs {
     #[arg(long, value_name = "HEX")]
     raw: Option<String>,
     /// Packets to write it into: any of syn, ack, data.
-    #[arg(long, value_name = "LIST", default_value = "ack,data")]
+    #[arg(long, value_name = "LIST", default_value_t = Packets::DEFAULT.to_string())]
     packets: String,
 }
 
 pub fn run(args: InjectArgs) -> Result<()> {
     let signals = TerminationSignals::block().context("blocking SIGINT/SIGTERM")?;
-    let packets = inject::parse_packets(&args.packets)?;
+    let packets = args.packets.parse::<Packets>()?.bits();
     let spec = match (&args.raw, args.addr) {
         (Some(hex), _) => inject::raw_spec(&inject::parse_hex(hex)?, packets)?,
         (None, Some(addr)) => inject::spec_for(addr, args.kind, args.len, packets)?,
-        (None, None) => unreachable!("clap requires --addr or --raw"),
+        (None, None) => anyhow::bail!("give --addr ADDR:PORT or --raw HEX"),
     };
     let mut injector = Injector::attach(&args.cgroup)?;
     injector.set_default(spec)?;

@@ -20,7 +20,7 @@ pub struct SniffArgs {
     /// Exit after printing N segments.
     #[arg(long, short = 'n', value_name = "N")]
     count: Option<u64>,
-    /// Accepted option format KIND/LEN; repeat for several (default: 254/8, 200/8, 253/20, 254/20).
+    /// Accepted option format KIND/LEN; repeat for several (default: the agent's default formats).
     #[arg(long = "format", value_name = "KIND/LEN", value_parser = parse_format)]
     formats: Vec<Format>,
     /// Print every TCP segment, also those without a TOA option.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use toa::{forwarder::proxy, ops::stats::Snapshot};
+use toa::{config::proxy::DEFAULT_STATS_SOCKET, forwarder::proxy, ops::stats::Snapshot};
 
 use super::args::PinArgs;
 
@@ -15,7 +15,7 @@ pub struct StatsArgs {
     json: bool,
     /// Stats socket of a running `toa proxy`; when it answers, its counters
     /// follow (under "proxy" in JSON).
-    #[arg(long, value_name = "PATH", default_value = proxy::settings::DEFAULT_STATS_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_STATS_SOCKET)]
     proxy_socket: PathBuf,
     #[command(flatten)]
     pins: PinArgs,

@@ -9,7 +9,7 @@ use aya::{
 };
 use toa_common::{
     Shape,
-    inject::{InjectSpec, packets},
+    inject::InjectSpec,
     maps,
     option::{MAX_ENCODED_LEN, encode},
 };
@@ -82,23 +82,6 @@ impl Injector {
     }
 }
 
-/// Parses a packet list such as `ack,data` into [`packets`] bits.
-pub fn parse_packets(list: &str) -> Result<u8> {
-    let mut bits = 0;
-    for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-        bits |= match word {
-            "syn" => packets::SYN,
-            "ack" => packets::ACK,
-            "data" => packets::DATA,
-            other => return Err(Error::Invalid(format!("unknown packet `{other}` (expected syn, ack, data)"))),
-        };
-    }
-    if bits == 0 {
-        return Err(Error::Invalid("no packets to write the option into (expected syn, ack, data)".into()));
-    }
-    Ok(bits)
-}
-
 /// The spec that writes `client` in `kind`, shaped by the address family
 /// unless `len` picks another shape (7/19: version form, no port).
 pub fn spec_for(client: SocketAddr, kind: u8, len: Option<u8>, packets: u8) -> Result<InjectSpec> {
@@ -165,15 +148,9 @@ pub fn parse_hex(s: &str) -> Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use toa_common::inject::packets;
 
-    #[test]
-    fn packets_lists() {
-        assert_eq!(parse_packets("ack,data").expect("valid"), packets::ACK | packets::DATA);
-        assert_eq!(parse_packets("syn, ack ,data").expect("valid"), 7);
-        assert!(parse_packets("ack,fin").is_err());
-        assert!(parse_packets("").is_err());
-    }
+    use super::*;
 
     #[test]
     fn specs_by_family() {

@@ -60,35 +60,26 @@ pub struct AgentConfig {
 }
 
 impl Default for AgentConfig {
+    /// The configuration file's defaults.
     fn default() -> Self {
-        AgentConfig {
-            cgroups: Vec::new(),
-            pins: PinDir::default(),
-            formats: DEFAULT_FORMATS.to_vec(),
-            capture_syn: false,
-            capture_data: true,
-            getsockopt: true,
-            trusted: Vec::new(),
-            ports: Vec::new(),
-            persist: false,
-        }
+        AgentConfig::from_config(&Config::default())
     }
 }
 
 impl AgentConfig {
     /// The agent part of a configuration file.
-    pub fn from_config(c: &Config) -> Result<AgentConfig> {
-        Ok(AgentConfig {
+    pub fn from_config(c: &Config) -> AgentConfig {
+        AgentConfig {
             cgroups: c.cgroups.clone(),
             pins: PinDir::new(&c.pin_dir),
-            formats: c.parsed_formats()?,
+            formats: c.formats.clone(),
             capture_syn: c.capture_syn,
             capture_data: c.capture_data,
             getsockopt: c.getsockopt,
-            trusted: c.parsed_trusted()?,
+            trusted: c.trusted.clone(),
             ports: c.ports.clone(),
             persist: c.persist,
-        })
+        }
     }
 
     /// The programs this configuration enables (the declarative table, filtered).

@@ -28,12 +28,13 @@ use std::{
     time::Duration,
 };
 
+use settings::ListenerSettings;
 pub use settings::Settings;
-use settings::{Forward, ListenerSettings};
 use toa_common::inject::InjectSpec;
 
 use crate::{
     Error, Result,
+    config::proxy::Forward,
     forwarder::inject::Injector,
     sys::{bpf, host as system, net as sys, signals::TerminationSignals},
 };

@@ -3,7 +3,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-use super::settings::{BackendSettings, Balance};
+use super::settings::BackendSettings;
+use crate::config::proxy::Balance;
 
 /// One backend and its live state, shared by the workers and the health checker.
 #[derive(Debug)]

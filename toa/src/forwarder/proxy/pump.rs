@@ -7,8 +7,7 @@ use std::{
     os::fd::{AsRawFd, OwnedFd, RawFd},
 };
 
-use super::settings::Forward;
-use crate::sys::net as sys;
+use crate::{config::proxy::Forward, sys::net as sys};
 
 /// A pipe used by `splice`.
 pub struct Pipe {

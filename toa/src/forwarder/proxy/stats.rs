@@ -15,7 +15,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use super::{Shared, settings::DEFAULT_STATS_SOCKET};
+use super::Shared;
 use crate::{Error, Result};
 
 /// Counters of one listener.
@@ -154,11 +154,6 @@ impl Drop for StatsServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// The default socket path.
-pub fn default_socket() -> &'static Path {
-    Path::new(DEFAULT_STATS_SOCKET)
 }
 
 /// Asks the proxy serving at `path` for its counters; `None` when none answers.
