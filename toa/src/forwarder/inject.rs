@@ -66,7 +66,7 @@ impl Injector {
     /// The targets map's descriptor (key: socket cookie, value: [`InjectSpec`]),
     /// for callers that update it from several threads with their own
     /// `bpf(2)` calls, such as the proxy's workers.
-    pub fn targets_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    pub(crate) fn targets_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use aya::maps::IterableMap as _;
         self.targets.map().fd().as_fd()
     }

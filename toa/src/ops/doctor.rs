@@ -149,7 +149,7 @@ fn conflicting_programs() -> Vec<Check> {
 }
 
 /// Loads each program without attaching it: the feature probe.
-pub fn probe_programs() -> Vec<Check> {
+fn probe_programs() -> Vec<Check> {
     let mut out = Vec::new();
     let mut obj = match ebpf::load_private() {
         Ok(o) => o,

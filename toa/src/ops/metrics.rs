@@ -17,7 +17,7 @@ use std::{
 use crate::{Error, Result, ops::stats::Snapshot, sys::paths::PinDir};
 
 /// Help text of each counter, for `# HELP` lines.
-pub fn help(name: &str) -> &'static str {
+fn help(name: &str) -> &'static str {
     match name {
         "syn_recv_sock_toa" => "Connections established with an accepted TOA option.",
         "syn_recv_sock_no_toa" => "Connections established without one.",
@@ -45,12 +45,12 @@ pub fn help(name: &str) -> &'static str {
 }
 
 /// The metric name of a counter: prefixed `toa_` unless it already is.
-pub fn metric_name(counter: &str) -> String {
+fn metric_name(counter: &str) -> String {
     if counter.starts_with("toa_") { format!("{counter}_total") } else { format!("toa_{counter}_total") }
 }
 
 /// Renders a snapshot in the Prometheus text format.
-pub fn render(snapshot: &Snapshot) -> String {
+fn render(snapshot: &Snapshot) -> String {
     let mut out = String::new();
     for (name, values) in &snapshot.rows {
         let metric = metric_name(name);
@@ -63,7 +63,6 @@ pub fn render(snapshot: &Snapshot) -> String {
 
 /// A running metrics listener.
 pub struct MetricsServer {
-    addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -95,12 +94,7 @@ impl MetricsServer {
             })
             .map_err(Error::io("starting", "metrics thread"))?;
         tracing::info!(%addr, "metrics on /metrics, health on /healthz");
-        Ok(MetricsServer { addr, stop, thread: Some(thread) })
-    }
-
-    /// The bound address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+        Ok(MetricsServer { stop, thread: Some(thread) })
     }
 }
 

@@ -4,7 +4,7 @@
 pub mod doctor;
 pub mod metrics;
 pub mod sniff;
-pub mod sockdiag;
+pub(crate) mod sockdiag;
 pub mod stats;
 pub mod status;
 pub mod table;

@@ -61,7 +61,7 @@ pub struct KernelFacts {
 
 impl KernelFacts {
     /// Reads them.
-    pub fn read(pins: &PinDir) -> KernelFacts {
+    fn read(pins: &PinDir) -> KernelFacts {
         let release = system::kernel_release();
         let parent = pins.root().ancestors().find(|p| p.exists()).unwrap_or(Path::new("/sys/fs/bpf"));
         KernelFacts {
@@ -157,7 +157,7 @@ fn list(dir: &Path) -> Vec<String> {
 }
 
 /// The cgroup directory with id (inode) `id` under `root`, searched breadth-first.
-pub fn find_cgroup(root: &Path, id: u64) -> Option<PathBuf> {
+fn find_cgroup(root: &Path, id: u64) -> Option<PathBuf> {
     let mut queue = vec![root.to_path_buf()];
     let mut seen = 0;
     while let Some(dir) = queue.pop() {

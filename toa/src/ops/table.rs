@@ -3,7 +3,7 @@
 //!
 //! The list comes from a `NETLINK_SOCK_DIAG` dump of the TCP sockets that
 //! asks the kernel for each socket's value in the pinned `TOA_PEERS` socket
-//! storage ([`crate::ops::sockdiag`]). No eBPF program runs for it and no lock of
+//! storage (`sockdiag`). No eBPF program runs for it and no lock of
 //! the data path is taken beyond what `ss` takes, so listing a busy host does
 //! not slow its connections down.
 
@@ -112,7 +112,7 @@ pub fn read(pins: &PinDir, namespaces: &Namespaces) -> Result<Vec<Entry>> {
 }
 
 /// The table row of one socket, when it holds a real client in map `map_id`.
-pub fn entry(netns: &str, s: &DiagSocket, map_id: u32, now_boot: Duration, now_wall: SystemTime) -> Option<Entry> {
+fn entry(netns: &str, s: &DiagSocket, map_id: u32, now_boot: Duration, now_wall: SystemTime) -> Option<Entry> {
     let value = s.storages.iter().find(|(id, _)| *id == map_id).map(|(_, v)| v)?;
     let record = decode_record(value)?;
     let family = record.family()?;
@@ -148,7 +148,7 @@ pub fn entry(netns: &str, s: &DiagSocket, map_id: u32, now_boot: Duration, now_w
 }
 
 /// A `PeerRecord` from the bytes the kernel returned.
-pub fn decode_record(bytes: &[u8]) -> Option<PeerRecord> {
+fn decode_record(bytes: &[u8]) -> Option<PeerRecord> {
     if bytes.len() < size_of::<PeerRecord>() {
         return None;
     }

@@ -236,16 +236,6 @@ impl Agent {
         Ok(())
     }
 
-    /// The attached cgroups.
-    pub fn scopes(&self) -> &[Scope] {
-        &self.scopes
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> &AgentConfig {
-        &self.config
-    }
-
     /// The attached programs.
     pub fn programs(&self) -> impl Iterator<Item = &'static ProgramSpec> + '_ {
         self.config.programs().filter(|s| !self.unavailable.contains(&s.name))

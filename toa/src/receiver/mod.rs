@@ -2,6 +2,6 @@
 //! loads, attaches and pins them.
 
 pub mod agent;
-pub mod ebpf;
-pub mod lock;
+pub(crate) mod ebpf;
+pub(crate) mod lock;
 pub mod programs;

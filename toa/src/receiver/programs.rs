@@ -84,7 +84,7 @@ pub const RECEIVER: [ProgramSpec; 4] = [
 ];
 
 /// The client-side writer, attached by `toa inject` and the forwarder.
-pub const WRITER: ProgramSpec = ProgramSpec {
+pub(crate) const WRITER: ProgramSpec = ProgramSpec {
     name: names::INJECT,
     hook: Hook::SockOps,
     min_kernel: (5, 10),
@@ -92,7 +92,7 @@ pub const WRITER: ProgramSpec = ProgramSpec {
 };
 
 /// Loads `spec`'s program into the kernel (once, before attaching it anywhere).
-pub fn load(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<()> {
+pub(crate) fn load(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<()> {
     let err = |source: aya::programs::ProgramError| {
         let text = source.to_string();
         tracing::debug!(program = spec.name, "load failed: {text}");
@@ -109,7 +109,7 @@ pub fn load(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<()> {
 }
 
 /// A freshly created link, not pinned yet.
-pub enum NewLink {
+pub(crate) enum NewLink {
     /// A link aya manages.
     Aya(FdLink),
     /// A link created with the raw syscall (aya cannot turn a getsockopt link into an `FdLink`).
@@ -131,7 +131,7 @@ impl NewLink {
 
 /// Loads nothing: attaches `spec`'s loaded program to `cgroup` and returns
 /// the link, pinned or not. Dropping an unpinned link detaches it.
-pub fn attach_link(ebpf: &mut Ebpf, spec: &ProgramSpec, cgroup: impl AsFd) -> Result<NewLink> {
+pub(crate) fn attach_link(ebpf: &mut Ebpf, spec: &ProgramSpec, cgroup: impl AsFd) -> Result<NewLink> {
     if spec.hook == Hook::GetSockopt {
         let err = |source| Error::Program { name: spec.name, source };
         let program = ebpf.program_mut(spec.name).ok_or(Error::MissingProgram(spec.name))?;
@@ -148,7 +148,7 @@ pub fn attach_link(ebpf: &mut Ebpf, spec: &ProgramSpec, cgroup: impl AsFd) -> Re
 ///
 /// The link stays attached as long as the returned [`FdLink`] (or a pin of it) lives.
 /// Not for the getsockopt hook: use [`attach_link`].
-pub fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, cgroup: impl AsFd) -> Result<FdLink> {
+pub(crate) fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, cgroup: impl AsFd) -> Result<FdLink> {
     let err = |source| Error::Program { name: spec.name, source };
     let link_err = |source| Error::Link { name: spec.name, source };
     let program = ebpf.program_mut(spec.name).ok_or(Error::MissingProgram(spec.name))?;
@@ -168,12 +168,12 @@ pub fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, cgroup: impl AsFd) -> Result<
 }
 
 /// The ids of the programs in effect for `attach_type` on a cgroup.
-pub fn query_effective(cgroup: impl AsFd, attach_type: u32) -> std::io::Result<Vec<u32>> {
+pub(crate) fn query_effective(cgroup: impl AsFd, attach_type: u32) -> std::io::Result<Vec<u32>> {
     bpf::prog_query(cgroup.as_fd(), attach_type)
 }
 
 /// One line saying why a program did not load (the verifier's last words).
-pub fn summarize(text: &str) -> String {
+fn summarize(text: &str) -> String {
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     match lines.as_slice() {
         [] => String::new(),
@@ -195,7 +195,7 @@ pub fn summarize(text: &str) -> String {
 }
 
 /// Loads and attaches in one step (for single-use programs such as the writer).
-pub fn load_and_attach(ebpf: &mut Ebpf, spec: &ProgramSpec, cgroup: impl AsFd) -> Result<FdLink> {
+pub(crate) fn load_and_attach(ebpf: &mut Ebpf, spec: &ProgramSpec, cgroup: impl AsFd) -> Result<FdLink> {
     load(ebpf, spec)?;
     attach(ebpf, spec, cgroup)
 }

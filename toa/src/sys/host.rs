@@ -70,7 +70,7 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 }
 
 /// The first cgroup2 mount point listed in a mount table.
-pub fn cgroup2_root_in(mounts: &str) -> Option<PathBuf> {
+fn cgroup2_root_in(mounts: &str) -> Option<PathBuf> {
     mounts.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
         let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);

@@ -1,10 +1,10 @@
 //! Thin layers over the operating system: system calls, well-known paths,
 //! facts about the host.
 
-pub mod bpf;
-pub mod host;
-pub mod net;
-pub mod netns;
+pub(crate) mod bpf;
+pub(crate) mod host;
+pub(crate) mod net;
+pub(crate) mod netns;
 pub mod paths;
 pub mod signals;
-pub mod time;
+pub(crate) mod time;

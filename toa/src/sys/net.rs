@@ -69,7 +69,7 @@ impl RawAddr {
     }
 
     /// Decodes the address, if it is IPv4 or IPv6.
-    pub fn to_socket_addr(&self) -> Option<SocketAddr> {
+    fn to_socket_addr(&self) -> Option<SocketAddr> {
         match self.storage.ss_family as libc::c_int {
             libc::AF_INET => {
                 // SAFETY: the kernel wrote a sockaddr_in.
@@ -319,11 +319,6 @@ pub fn wake(fd: RawFd) {
 /// Whether an error means "try again later".
 pub fn would_block(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EAGAIN)
-}
-
-/// Number of descriptors open in this process (for diagnostics).
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
 
 /// The kernel's cookie of a socket (`SO_COOKIE`).

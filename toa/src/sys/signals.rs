@@ -2,7 +2,7 @@
 
 use std::io;
 
-/// The termination signals, blocked so that [`wait`] can take them.
+/// The termination signals, blocked so that [`TerminationSignals::wait`] can take them.
 pub struct TerminationSignals {
     set: libc::sigset_t,
 }

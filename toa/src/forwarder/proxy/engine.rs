@@ -18,9 +18,9 @@ use std::{
 };
 
 use super::{
-    Shared,
     pool::{Tried, mark_tried},
     pump::{Ends, Pump, Spares},
+    shared::Shared,
 };
 use crate::{forwarder::inject::spec_for, sys::net as sys};
 

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::Shared;
+use super::shared::Shared;
 use crate::sys::net as sys;
 
 /// Consecutive results of one backend.

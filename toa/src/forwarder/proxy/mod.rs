@@ -1,123 +1,42 @@
 //! `toa proxy`: a FullNAT L4 TCP proxy that inserts the client's address as
 //! a TCP option on the upstream connection.
 //!
-//! For every client: pick a healthy backend ([`pool`]), open the upstream
+//! For every client: pick a healthy backend (`pool`), open the upstream
 //! socket, register the client's address for the socket's cookie with the
 //! sock_ops writer ([`crate::forwarder::inject::Injector`]), connect (the writer copies
 //! the entry into the socket's storage and removes it during `connect()`), then
-//! forward both ways ([`engine`], [`pump`]) until both sides closed.
+//! forward both ways (`engine`, `pump`) until both sides closed.
 //!
 //! The writer only sees sockets made by processes in the cgroup it is
 //! attached to, so the proxy attaches it to its own cgroup. It never sets a
 //! default entry: health checks and any other socket carry no option.
 
-pub mod engine;
-pub mod health;
-pub mod pool;
-pub mod pump;
+mod engine;
+mod health;
+mod pool;
+mod pump;
 pub mod settings;
+mod shared;
 pub mod stats;
 
 use std::{
     net::SocketAddr,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
+    os::fd::AsRawFd,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering::Relaxed},
     },
     time::Duration,
 };
 
-use settings::ListenerSettings;
 pub use settings::Settings;
-use toa_common::inject::InjectSpec;
+use shared::{Listener, ListenerStats, Shared};
 
 use crate::{
     Error, Result,
-    config::proxy::Forward,
     forwarder::inject::Injector,
-    sys::{bpf, host as system, net as sys, signals::TerminationSignals},
+    sys::{host as system, net as sys, signals::TerminationSignals},
 };
-
-/// One listening socket with its backends and counters.
-pub struct Listener {
-    /// What it was configured with.
-    pub settings: ListenerSettings,
-    /// The listening socket, shared by all workers.
-    pub fd: OwnedFd,
-    /// Its backends.
-    pub pool: pool::Pool,
-    /// Its counters.
-    pub stats: stats::ListenerStats,
-}
-
-/// What the workers, the health checker and the stats server share.
-pub struct Shared {
-    /// The listeners.
-    pub listeners: Vec<Listener>,
-    /// The forwarding path.
-    pub forward: Forward,
-    /// Pipe capacity for `splice`.
-    pub pipe_size: usize,
-    /// Buffer size for `copy`.
-    pub buf_size: usize,
-    injector: Option<Mutex<Injector>>,
-    /// The injector's targets map (valid while `injector` lives).
-    targets: Option<RawFd>,
-}
-
-/// Pipe capacity asked for (the kernel rounds it to pages).
-pub const PIPE_SIZE: usize = 1 << 20;
-/// Buffer size of the copy path.
-pub const BUF_SIZE: usize = 256 << 10;
-
-impl Shared {
-    /// Registers `spec` for `socket`'s cookie; returns the cookie to forget after `connect()`.
-    ///
-    /// Workers call this concurrently: it is one `bpf(2)` call on the map's
-    /// descriptor, no lock.
-    pub fn register(&self, socket: impl AsFd, spec: InjectSpec) -> Option<u64> {
-        let map = self.targets?;
-        // SAFETY: the injector that owns the map lives in `self` as long as the call.
-        let map = unsafe { BorrowedFd::borrow_raw(map) };
-        let result = sys::socket_cookie(socket).and_then(|cookie| {
-            // SAFETY: the map's key is the u64 cookie and its value an
-            // `InjectSpec` (checked when the injector took the map).
-            unsafe { bpf::map_update(map, &cookie, &spec) }?;
-            Ok(cookie)
-        });
-        match result {
-            Ok(cookie) => Some(cookie),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot register the client address; this connection goes without TOA");
-                None
-            }
-        }
-    }
-
-    /// Drops the entry of a cookie (already gone if the writer consumed it).
-    pub fn forget(&self, cookie: u64) {
-        let Some(map) = self.targets else { return };
-        // SAFETY: the injector that owns the map lives in `self` as long as the call.
-        let map = unsafe { BorrowedFd::borrow_raw(map) };
-        // SAFETY: the map's key is the u64 cookie.
-        if let Err(e) = unsafe { bpf::map_delete(map, &cookie) }
-            && e.raw_os_error() != Some(libc::ENOENT)
-        {
-            tracing::warn!(error = %e, cookie, "cannot remove a socket's entry");
-        }
-    }
-
-    /// Packets that got the option, and packets that had no room for it.
-    pub fn option_counters(&self) -> (u64, u64) {
-        let Some(injector) = &self.injector else { return (0, 0) };
-        let guard = injector.lock().unwrap_or_else(|e| e.into_inner());
-        match guard.counters() {
-            Ok(s) => (s.total("inject_written").unwrap_or(0), s.total("inject_no_room").unwrap_or(0)),
-            Err(_) => (0, 0),
-        }
-    }
-}
 
 fn bind_listeners(settings: &Settings) -> Result<Vec<Listener>> {
     settings
@@ -130,7 +49,7 @@ fn bind_listeners(settings: &Settings) -> Result<Vec<Listener>> {
                 settings: l.clone(),
                 fd,
                 pool: pool::Pool::new(&l.backends, l.balance),
-                stats: stats::ListenerStats::default(),
+                stats: ListenerStats::default(),
             })
         })
         .collect()
@@ -168,17 +87,9 @@ pub fn run(settings: &Settings) -> Result<()> {
     let listeners = bind_listeners(settings)?;
     let cgroup = system::own_cgroup()?;
     let injector = Injector::attach(&cgroup)?;
-    let targets = Some(injector.targets_fd().as_raw_fd());
     tracing::info!(cgroup = %cgroup.display(), "option writer attached to the proxy's own cgroup");
     initial_checks(&listeners);
-    let shared = Arc::new(Shared {
-        listeners,
-        forward: settings.forward,
-        pipe_size: PIPE_SIZE,
-        buf_size: BUF_SIZE,
-        injector: Some(Mutex::new(injector)),
-        targets,
-    });
+    let shared = Arc::new(Shared::new(listeners, settings.forward, injector));
     let _stats = stats::StatsServer::start(&settings.stats_socket, Arc::clone(&shared))?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();

@@ -6,38 +6,14 @@ use std::{
     io::{Read as _, Write as _},
     os::unix::net::{UnixListener, UnixStream},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
+    sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
 use serde_json::{Value, json};
 
-use super::Shared;
+use super::shared::Shared;
 use crate::{Error, Result};
-
-/// Counters of one listener.
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    /// Open client connections.
-    pub active: AtomicU64,
-    /// Client connections accepted, ever.
-    pub total: AtomicU64,
-    /// Clients refused: no healthy backend, or every backend tried failed.
-    pub refused: AtomicU64,
-    /// Bytes forwarded from clients to backends.
-    pub bytes_up: AtomicU64,
-    /// Bytes forwarded from backends to clients.
-    pub bytes_down: AtomicU64,
-    /// Backend connects that failed or timed out.
-    pub connect_failures: AtomicU64,
-    /// Connections closed for being idle.
-    pub idle_timeouts: AtomicU64,
-    /// Connections ended by a reset or error on either side.
-    pub resets: AtomicU64,
-}
 
 /// The names of the per-listener counters, in JSON order.
 const LISTENER_COUNTERS: [&str; 8] = [
@@ -51,23 +27,8 @@ const LISTENER_COUNTERS: [&str; 8] = [
     "resets",
 ];
 
-impl ListenerStats {
-    fn values(&self) -> [u64; 8] {
-        [
-            self.active.load(Relaxed),
-            self.total.load(Relaxed),
-            self.refused.load(Relaxed),
-            self.bytes_up.load(Relaxed),
-            self.bytes_down.load(Relaxed),
-            self.connect_failures.load(Relaxed),
-            self.idle_timeouts.load(Relaxed),
-            self.resets.load(Relaxed),
-        ]
-    }
-}
-
 /// The JSON snapshot the running proxy serves.
-pub fn snapshot(shared: &Shared) -> Value {
+pub(crate) fn snapshot(shared: &Shared) -> Value {
     let mut sums = [0u64; 8];
     let mut listeners = Vec::new();
     for l in &shared.listeners {
@@ -114,7 +75,7 @@ pub fn snapshot(shared: &Shared) -> Value {
 
 /// Serves snapshots on a unix socket until the process exits; removes the
 /// socket file when dropped.
-pub struct StatsServer {
+pub(crate) struct StatsServer {
     path: PathBuf,
 }
 
