@@ -55,7 +55,12 @@ pub mod receiver;
 pub mod sys;
 
 pub use error::{Error, Result};
+// Cargo gives a package's library every dependency of the package; these
+// only the `toa` binary uses (and yaml-rust2 only the packaging test).
 pub use peer::real_peer;
+#[cfg(test)]
+use yaml_rust2 as _;
+use {anyhow as _, clap as _, clap_complete as _, clap_mangen as _, tracing_subscriber as _};
 
 #[cfg(test)]
 mod layout;
