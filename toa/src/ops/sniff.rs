@@ -2,9 +2,10 @@
 //!
 //! A packet socket (`AF_PACKET`, `SOCK_DGRAM`: the link-layer header is
 //! already removed) on one interface, with a classic BPF filter that passes
-//! only TCP and truncates each packet to its headers. Every segment's options
-//! go through the same codec the eBPF programs use ([`toa_common::option`]),
-//! so what `sniff` shows is what the agent would take.
+//! only TCP and truncates each packet to its headers. Each packet is decoded
+//! by [`toa_common::segment`] and its options go through the same codec the
+//! eBPF programs use ([`toa_common::option`]), so what `sniff` shows is what
+//! the agent would take.
 
 use std::{
     ffi::CString,
@@ -19,9 +20,9 @@ use std::{
 
 use serde::Serialize;
 use toa_common::{
-    Format, Formats, Parsed,
+    Format, Formats,
     format::DEFAULT_FORMATS,
-    option::{self, TCPOPT_EOL, TCPOPT_NOP},
+    segment::{self, ETH_P_IP, ETH_P_IPV6, Segment},
 };
 
 use crate::{
@@ -30,8 +31,6 @@ use crate::{
 };
 
 const ETH_P_ALL: u16 = 0x0003;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 /// Bytes kept of each packet: enough for IPv6 + extension headers + a full TCP header.
 const SNAPLEN: u32 = 256;
 /// `PACKET_OUTGOING` in `sockaddr_ll.sll_pkttype`.
@@ -89,133 +88,70 @@ pub struct Seen {
     pub reason: Option<String>,
 }
 
-/// Decodes an IPv4 or IPv6 packet (no link-layer header) holding a TCP segment.
-pub fn decode(ethertype: u16, packet: &[u8], formats: &Formats) -> Option<Seen> {
-    let (src_ip, dst_ip, tcp) = match ethertype {
-        ETH_P_IP => {
-            let ihl = usize::from(*packet.first()? & 0x0f) * 4;
-            if packet.first()? >> 4 != 4 || ihl < 20 || *packet.get(9)? != libc::IPPROTO_TCP as u8 {
-                return None;
+impl Seen {
+    /// How a decoded segment is shown.
+    fn new(segment: &Segment<'_>) -> Seen {
+        let mut seen = Seen {
+            src: segment.src,
+            dst: segment.dst,
+            flags: flags(segment.flags),
+            verdict: Verdict::None,
+            kind: None,
+            len: None,
+            client: None,
+            reason: None,
+        };
+        match segment.verdict {
+            segment::Verdict::Toa { client, len } => {
+                let ip = match client.family {
+                    toa_common::Family::V4 => {
+                        IpAddr::V4(Ipv4Addr::new(client.addr[0], client.addr[1], client.addr[2], client.addr[3]))
+                    }
+                    toa_common::Family::V6 => IpAddr::V6(Ipv6Addr::from(client.addr)),
+                };
+                let port = u16::from_be_bytes(client.port);
+                seen.verdict = Verdict::Toa;
+                seen.kind = Some(client.kind);
+                seen.len = len;
+                // The version formats (7 and 19 bytes) carry no port.
+                seen.client = Some(if port == 0 && len.is_some_and(|l| l == 7 || l == 19) {
+                    ip.to_string()
+                } else {
+                    SocketAddr::new(ip, port).to_string()
+                });
             }
-            // Only the first fragment has the TCP header.
-            let frag = u16::from_be_bytes([*packet.get(6)?, *packet.get(7)?]) & 0x1fff;
-            if frag != 0 {
-                return None;
-            }
-            let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-            let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-            (IpAddr::V4(src), IpAddr::V4(dst), packet.get(ihl..)?)
-        }
-        ETH_P_IPV6 => {
-            if packet.first()? >> 4 != 6 || packet.len() < 40 {
-                return None;
-            }
-            let src: [u8; 16] = packet[8..24].try_into().ok()?;
-            let dst: [u8; 16] = packet[24..40].try_into().ok()?;
-            let mut next = packet[6];
-            let mut at = 40;
-            // Hop-by-hop, routing and destination options headers: skip them.
-            while matches!(next, 0 | 43 | 60) {
-                next = *packet.get(at)?;
-                at += (usize::from(*packet.get(at + 1)?) + 1) * 8;
-            }
-            if next != libc::IPPROTO_TCP as u8 {
-                return None;
-            }
-            (IpAddr::V6(Ipv6Addr::from(src)), IpAddr::V6(Ipv6Addr::from(dst)), packet.get(at..)?)
-        }
-        _ => return None,
-    };
-    if tcp.len() < 20 {
-        return None;
-    }
-    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-    let header_len = usize::from(tcp[12] >> 4) * 4;
-    let flag_bits = tcp[13];
-    let options = tcp.get(20..header_len.max(20).min(tcp.len())).unwrap_or(&[]);
-    let syn = flag_bits & 0x02 != 0;
-    let mut seen = Seen {
-        src: SocketAddr::new(src_ip, sport),
-        dst: SocketAddr::new(dst_ip, dport),
-        flags: flags(flag_bits),
-        verdict: Verdict::None,
-        kind: None,
-        len: None,
-        client: None,
-        reason: None,
-    };
-    match option::parse_slice(options, formats, syn) {
-        Parsed::Found(c) => {
-            let ip = match c.family {
-                toa_common::Family::V4 => IpAddr::V4(Ipv4Addr::new(c.addr[0], c.addr[1], c.addr[2], c.addr[3])),
-                toa_common::Family::V6 => IpAddr::V6(Ipv6Addr::from(c.addr)),
-            };
-            let port = u16::from_be_bytes(c.port);
-            seen.verdict = Verdict::Toa;
-            seen.kind = Some(c.kind);
-            seen.len = first_with_kind(options, c.kind, formats).map(|(_, l)| l);
-            seen.client = Some(if port == 0 && seen.len.is_some_and(|l| l == 7 || l == 19) {
-                ip.to_string()
-            } else {
-                SocketAddr::new(ip, port).to_string()
-            });
-        }
-        Parsed::Malformed => {
-            seen.verdict = Verdict::Malformed;
-            match refused(options, formats) {
-                Some((kind, len)) => {
-                    seen.kind = Some(kind);
-                    seen.len = Some(len);
-                    seen.reason = Some(format!("{kind}/{len} is not an accepted length for kind {kind}"));
+            segment::Verdict::Malformed { refused } => {
+                seen.verdict = Verdict::Malformed;
+                match refused {
+                    Some((kind, len)) => {
+                        seen.kind = Some(kind);
+                        seen.len = Some(len);
+                        seen.reason = Some(format!("{kind}/{len} is not an accepted length for kind {kind}"));
+                    }
+                    None => seen.reason = Some("broken option list (length < 2 or past the header)".into()),
                 }
-                None => seen.reason = Some("broken option list (length < 2 or past the header)".into()),
             }
+            segment::Verdict::None => {}
         }
-        Parsed::None => {}
+        seen
     }
-    Some(seen)
 }
 
-/// Walks the option list: (kind, len) of each option while the list is well formed.
-fn walk(options: &[u8]) -> Vec<(u8, u8)> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < options.len() {
-        match options[at] {
-            TCPOPT_EOL => break,
-            TCPOPT_NOP => at += 1,
-            kind => {
-                let Some(&len) = options.get(at + 1) else { break };
-                if len < 2 || at + usize::from(len) > options.len() {
-                    break;
-                }
-                out.push((kind, len));
-                at += usize::from(len);
-            }
-        }
-    }
-    out
-}
-
-fn first_with_kind(options: &[u8], kind: u8, formats: &Formats) -> Option<(u8, u8)> {
-    walk(options).into_iter().find(|&(k, l)| k == kind && formats.accepts(k, usize::from(l)).is_some())
-}
-
-/// The first option of an accepted kind with a refused length.
-fn refused(options: &[u8], formats: &Formats) -> Option<(u8, u8)> {
-    walk(options).into_iter().find(|&(k, l)| formats.knows_kind(k) && formats.accepts(k, usize::from(l)).is_none())
+/// Decodes a captured packet (no link-layer header) holding a TCP segment.
+fn decode(ethertype: u16, packet: &[u8], formats: &Formats) -> Option<Seen> {
+    segment::decode(ethertype, packet, formats).map(|s| Seen::new(&s))
 }
 
 /// tcpdump's flag notation.
 fn flags(bits: u8) -> String {
     let mut s = String::new();
-    for (bit, c) in [(0x02, 'S'), (0x01, 'F'), (0x04, 'R'), (0x08, 'P'), (0x20, 'U'), (0x40, 'E'), (0x80, 'W')] {
+    use segment::flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN, URG};
+    for (bit, c) in [(SYN, 'S'), (FIN, 'F'), (RST, 'R'), (PSH, 'P'), (URG, 'U'), (ECE, 'E'), (CWR, 'W')] {
         if bits & bit != 0 {
             s.push(c);
         }
     }
-    if bits & 0x10 != 0 {
+    if bits & ACK != 0 {
         s.push('.');
     }
     if s.is_empty() {
@@ -466,6 +402,14 @@ mod tests {
             assert_eq!(seen.client.as_deref(), c.client, "{}", c.description);
             assert_eq!(seen.kind.zip(seen.len), c.kind_len, "{}", c.description);
             assert_eq!(seen.src.to_string(), c.src, "{}", c.description);
+        }
+    }
+
+    #[test]
+    fn short_ipv4_frames_are_not_decoded() {
+        let p = packet("192.0.2.1:40000", "192.0.2.2:9000", ACK, &[254, 8, 0x10, 0x92, 203, 0, 113, 7]);
+        for n in 0..40 {
+            assert!(decode(ETH_P_IP, &p[..n], &formats()).is_none(), "{n} bytes");
         }
     }
 
