@@ -18,7 +18,7 @@ pub fn run(args: DoctorArgs) -> Result<()> {
     } else {
         print!("{}", doctor::render(&checks));
     }
-    if checks.iter().any(|c| c.verdict == doctor::Verdict::Fail) {
+    if doctor::failed(&checks) {
         anyhow::bail!("some checks failed (see above)");
     }
     Ok(())

@@ -5,7 +5,10 @@ use std::{fs, path::Path};
 use serde::Serialize;
 
 use crate::{
-    receiver::{ebpf, programs::RECEIVER},
+    receiver::{
+        ebpf,
+        programs::{self, Hook, ProgramSpec, RECEIVER},
+    },
     sys::{host as system, paths},
 };
 
@@ -56,17 +59,7 @@ pub fn run() -> Vec<Check> {
             "run toa as root (or via the systemd unit)",
         ),
     });
-    let release = system::kernel_release();
-    checks.push(match system::kernel_version() {
-        Some(v) if v >= (5, 10) => check("kernel", Verdict::Ok, release.clone(), ""),
-        Some(_) => check(
-            "kernel",
-            Verdict::Fail,
-            format!("{release}: older than 5.10"),
-            "upgrade to 5.10 or later (sock_ops access to TCP header options arrived in 5.10)",
-        ),
-        None => check("kernel", Verdict::Warn, "version unreadable", ""),
-    });
+    checks.push(kernel_check(&system::kernel_release(), system::kernel_version()));
     checks.push(if Path::new(paths::KERNEL_BTF).exists() {
         check("BTF", Verdict::Ok, paths::KERNEL_BTF, "")
     } else {
@@ -118,6 +111,23 @@ pub fn run() -> Vec<Check> {
     checks
 }
 
+/// The verdict on the running kernel (`version`: its major and minor) from
+/// the program table: older than the newest a required program needs fails.
+fn kernel_check(release: &str, version: Option<(u32, u32)>) -> Check {
+    let needs = programs::newest_required();
+    let (major, minor) = needs.min_kernel;
+    match version {
+        Some(v) if v >= needs.min_kernel => check("kernel", Verdict::Ok, release, ""),
+        Some(_) => check(
+            "kernel",
+            Verdict::Fail,
+            format!("{release}: older than {major}.{minor}"),
+            format!("upgrade to {major}.{minor} or later ({} needs it to {})", needs.name, needs.role),
+        ),
+        None => check("kernel", Verdict::Warn, "version unreadable", ""),
+    }
+}
+
 /// Programs of others attached to the hooks toa uses, on the cgroup v2 root.
 fn conflicting_programs() -> Vec<Check> {
     let Ok(root) = system::cgroup2_root() else { return Vec::new() };
@@ -127,11 +137,14 @@ fn conflicting_programs() -> Vec<Check> {
         .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_string()))
         .collect();
     let mut found = Vec::new();
-    for (hook, attach_type) in [("getpeername4", 29u32), ("getpeername6", 30), ("getsockopt", 21), ("sock_ops", 3)] {
-        for id in crate::receiver::programs::query_effective(&dir, attach_type).unwrap_or_default() {
+    let mut hooks: Vec<Hook> = RECEIVER.iter().map(|s| s.hook).collect();
+    hooks.dedup();
+    for hook in hooks {
+        let hook_name = hook.attach_type();
+        for id in programs::query_effective(&dir, hook.attach_type_id()).unwrap_or_default() {
             let name = names.get(&id).cloned().unwrap_or_else(|| format!("id {id}"));
             if !name.starts_with("toa_") {
-                found.push(format!("{name} on {hook}"));
+                found.push(format!("{name} on {hook_name}"));
             }
         }
     }
@@ -163,21 +176,39 @@ fn probe_programs() -> Vec<Check> {
         }
     };
     for spec in &RECEIVER {
-        let name = format!("program {}", spec.name);
-        out.push(match crate::receiver::programs::load(&mut obj, spec) {
-            Ok(()) => check(&name, Verdict::Ok, format!("loads ({})", spec.role), ""),
-            Err(e) => check(
-                &name,
-                Verdict::Fail,
-                e.to_string(),
-                format!(
-                    "this kernel lacks what it needs to {} (needs {}.{} or later)",
-                    spec.role, spec.min_kernel.0, spec.min_kernel.1
-                ),
-            ),
-        });
+        let loaded = programs::load(&mut obj, spec).map_err(|e| e.to_string());
+        out.push(program_check(spec, &loaded));
     }
     out
+}
+
+/// The verdict on one program from whether it loaded (`Err`: the kernel's reason).
+fn program_check(spec: &ProgramSpec, loaded: &Result<(), String>) -> Check {
+    let name = format!("program {}", spec.name);
+    match loaded {
+        Ok(()) => check(&name, Verdict::Ok, format!("loads ({})", spec.role), ""),
+        // The agent runs without an optional program; so does the verdict.
+        Err(e) if spec.optional => check(
+            &name,
+            Verdict::Warn,
+            format!("{e}; the agent runs without it and cannot {}", spec.role),
+            format!("it needs {}.{} or later; everything else works without it", spec.min_kernel.0, spec.min_kernel.1),
+        ),
+        Err(e) => check(
+            &name,
+            Verdict::Fail,
+            e.clone(),
+            format!(
+                "this kernel lacks what it needs to {} (needs {}.{} or later)",
+                spec.role, spec.min_kernel.0, spec.min_kernel.1
+            ),
+        ),
+    }
+}
+
+/// Whether any check failed (`toa doctor` then exits 1).
+pub fn failed(checks: &[Check]) -> bool {
+    checks.iter().any(|c| c.verdict == Verdict::Fail)
 }
 
 /// Text form.
@@ -195,4 +226,50 @@ pub fn render(checks: &[Check]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(hook: Hook) -> &'static ProgramSpec {
+        RECEIVER.iter().find(|s| s.hook == hook).expect("in the table")
+    }
+
+    #[test]
+    fn a_program_that_loads_is_ok() {
+        let c = program_check(spec(Hook::SockOps), &Ok(()));
+        assert_eq!((c.name.as_str(), c.verdict), ("program toa_capture", Verdict::Ok));
+    }
+
+    #[test]
+    fn a_required_program_that_does_not_load_fails() {
+        for hook in [Hook::SockOps, Hook::GetPeerName4, Hook::GetPeerName6] {
+            let c = program_check(spec(hook), &Err("invalid argument".into()));
+            assert_eq!(c.verdict, Verdict::Fail, "{hook:?}");
+            assert!(c.detail.contains("invalid argument") && c.fix.contains(spec(hook).role), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn the_kernel_is_measured_against_the_program_table() {
+        let c = kernel_check("6.1.0-28-amd64", Some((6, 1)));
+        assert_eq!((c.verdict, c.detail.as_str()), (Verdict::Ok, "6.1.0-28-amd64"));
+        let c = kernel_check("5.4.0", Some((5, 4)));
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert_eq!(c.detail, "5.4.0: older than 5.10");
+        assert!(c.fix.starts_with("upgrade to 5.10 or later (toa_capture needs it"), "{c:?}");
+        assert_eq!(kernel_check("", None).verdict, Verdict::Warn);
+        // The optional getsockopt program does not raise the bar.
+        assert!(RECEIVER.iter().all(|s| s.optional || s.min_kernel <= programs::newest_required().min_kernel));
+    }
+
+    #[test]
+    fn an_optional_program_that_does_not_load_is_a_warning_naming_what_is_missing() {
+        let c = program_check(spec(Hook::GetSockopt), &Err("invalid argument".into()));
+        assert_eq!(c.verdict, Verdict::Warn, "{c:?}");
+        assert!(c.detail.contains("invalid argument"), "{c:?}");
+        assert!(c.detail.contains("vendor getsockopt() calls (1348 vtoa, 4096 NAT64)"), "{c:?}");
+        assert!(!failed(&[c]), "a warning does not fail the doctor");
+    }
 }

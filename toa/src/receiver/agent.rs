@@ -150,10 +150,10 @@ impl Agent {
             for spec in &RECEIVER {
                 match programs::load(&mut ebpf, spec) {
                     Ok(()) => {}
-                    // The vendor getsockopt calls are an extra: without them
-                    // getpeername()/accept() still work, so degrade and say so.
-                    Err(e) if spec.hook == programs::Hook::GetSockopt => {
-                        tracing::warn!(error = %e, "vendor getsockopt calls (1348, 4096) are not available on this kernel");
+                    // An optional program is an extra (getpeername()/accept()
+                    // work without it): degrade and say so, as `toa doctor` does.
+                    Err(e) if spec.optional => {
+                        tracing::warn!(program = spec.name, error = %e, "this kernel cannot {}; running without it", spec.role);
                         unavailable.push(spec.name);
                     }
                     Err(e) => return Err(e),

@@ -39,6 +39,16 @@ impl Hook {
             Hook::GetSockopt => "cgroup_getsockopt",
         }
     }
+
+    /// The attach type's number (`enum bpf_attach_type`).
+    pub fn attach_type_id(self) -> u32 {
+        match self {
+            Hook::SockOps => bpf::attach::SOCK_OPS,
+            Hook::GetPeerName4 => bpf::attach::INET4_GETPEERNAME,
+            Hook::GetPeerName6 => bpf::attach::INET6_GETPEERNAME,
+            Hook::GetSockopt => bpf::attach::GETSOCKOPT,
+        }
+    }
 }
 
 /// One row of the table.
@@ -52,6 +62,9 @@ pub struct ProgramSpec {
     pub min_kernel: (u32, u32),
     /// What it does, for `toa status` and logs.
     pub role: &'static str,
+    /// Whether the receiver runs without it when the kernel cannot load it
+    /// (degraded, with a warning; `toa doctor` says the same).
+    pub optional: bool,
 }
 
 /// The receiver's programs, attached by `toa agent`.
@@ -62,26 +75,37 @@ pub const RECEIVER: [ProgramSpec; 4] = [
         // skb_data in sock_ops (header options) arrived in 5.10.
         min_kernel: (5, 10),
         role: "capture the option from the SYN, the handshake ACK or the first data packet",
+        optional: false,
     },
     ProgramSpec {
         name: names::GETPEERNAME4,
         hook: Hook::GetPeerName4,
         min_kernel: (5, 8),
         role: "present the real client to IPv4 getpeername()/accept()",
+        optional: false,
     },
     ProgramSpec {
         name: names::GETPEERNAME6,
         hook: Hook::GetPeerName6,
         min_kernel: (5, 8),
         role: "present the real client to IPv6 getpeername()/accept()",
+        optional: false,
     },
     ProgramSpec {
         name: names::GETSOCKOPT,
         hook: Hook::GetSockopt,
         min_kernel: (5, 3),
         role: "answer the vendor getsockopt() calls (1348 vtoa, 4096 NAT64)",
+        // getpeername()/accept() work without it.
+        optional: true,
     },
 ];
+
+/// The receiver's program that needs the newest kernel, of those it cannot
+/// run without: its `min_kernel` is the oldest kernel toa supports.
+pub fn newest_required() -> &'static ProgramSpec {
+    RECEIVER.iter().filter(|s| !s.optional).max_by_key(|s| s.min_kernel).unwrap_or(&RECEIVER[0])
+}
 
 /// The client-side writer, attached by `toa inject` and the forwarder.
 pub(crate) const WRITER: ProgramSpec = ProgramSpec {
@@ -89,6 +113,7 @@ pub(crate) const WRITER: ProgramSpec = ProgramSpec {
     hook: Hook::SockOps,
     min_kernel: (5, 10),
     role: "write the option into client packets",
+    optional: false,
 };
 
 /// Loads `spec`'s program into the kernel (once, before attaching it anywhere).

@@ -24,8 +24,14 @@ const BPF_F_QUERY_EFFECTIVE: u64 = 1;
 
 /// `enum bpf_attach_type` values toa attaches to or looks at.
 pub mod attach {
+    /// `BPF_CGROUP_SOCK_OPS`.
+    pub const SOCK_OPS: u32 = 3;
     /// `BPF_CGROUP_GETSOCKOPT`.
     pub const GETSOCKOPT: u32 = 21;
+    /// `BPF_CGROUP_INET4_GETPEERNAME`.
+    pub const INET4_GETPEERNAME: u32 = 29;
+    /// `BPF_CGROUP_INET6_GETPEERNAME`.
+    pub const INET6_GETPEERNAME: u32 = 30;
 }
 
 /// `union bpf_attr`, as 16 words; each command fills the fields it reads.
