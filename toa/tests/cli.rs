@@ -217,10 +217,9 @@ impl Drop for TempDir {
 }
 
 #[test]
+#[ignore = "needs root: BPF, cgroups"]
 fn what_toa_config_prints_is_a_file_the_agent_runs_with() {
-    if !privileged("what_toa_config_prints_is_a_file_the_agent_runs_with") {
-        return;
-    }
+    require_root();
     let dir = TempDir::new();
     let written = dir.0.join("in.toml");
     std::fs::write(
