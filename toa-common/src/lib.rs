@@ -13,6 +13,7 @@ pub mod format;
 pub mod inject;
 pub mod option;
 pub mod peer;
+pub mod segment;
 pub mod trust;
 
 pub use format::{Format, FormatError, Formats, Shape};

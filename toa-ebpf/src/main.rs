@@ -13,6 +13,11 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+// Host builds (clippy, tests) compile none of the programs, so nothing names
+// their dependencies there.
+#[cfg(not(target_arch = "bpf"))]
+use {aya_ebpf as _, toa_common as _};
+
 #[cfg(target_arch = "bpf")]
 mod capture;
 #[cfg(target_arch = "bpf")]

@@ -4,30 +4,63 @@
 //! agent's eBPF programs take it from the handshake and make `getpeername()`
 //! and `accept()` return it, so unmodified servers see their real clients.
 //!
-//! The CLI (`toa`) is a thin layer over this library:
-//! [`agent`] loads, attaches and pins the receiver; [`stats`] reads its
-//! counters; [`inject`] drives the client-side option writer.
+//! # Rooms
+//!
+//! The source tree is grouped by the part of the system each module belongs
+//! to. Dependencies go one way, from the top of this list to the bottom
+//! (a unit test reads the sources and fails on any circle, between rooms or
+//! between modules):
+//!
+//! | room | holds |
+//! |---|---|
+//! | [`forwarder`] | the client-side option writer ([`forwarder::inject`]) and the TCP proxy that drives it ([`forwarder::proxy`]) |
+//! | [`ops`] | what operators run against a receiver: counters, status, the connection table, the wire decoder, the system check, metrics |
+//! | [`receiver`] | the eBPF object, the declarative table of programs, the agent that loads, attaches and pins them |
+//! | [`config`] | the configuration file: schema, typed values, defaults, the loader and the printer |
+//! | [`sys`] | thin layers over the operating system: `bpf(2)`, sockets, namespaces, signals, clocks, well-known paths, host checks |
+//!
+//! # Public surface
+//!
+//! The `toa` binary (a thin layer: one file per subcommand), the benchmark
+//! `bench/agent-bench` and the tests use this library; what they need is
+//! public, the rest is `pub(crate)`:
+//!
+//! - [`real_peer`] and [`peer`]: for applications that ask for the real
+//!   client explicitly (the `toa-client` crate, re-exported).
+//! - [`receiver::agent`]: start, re-apply, stop and detach the receiver;
+//!   [`receiver::programs`] names its programs (name, hook, role).
+//! - [`forwarder::inject`]: attach the option writer to a cgroup and tell it
+//!   what to write, per cgroup or per socket; [`forwarder::proxy`]: run the
+//!   forwarder from validated [`forwarder::proxy::Settings`], and read a
+//!   running one's counters.
+//! - [`ops`]: the library half of each operator command (`stats`, `status`,
+//!   `table`, `sniff`, `doctor`, the metrics listener and the debug
+//!   connection log).
+//! - [`config`]: the file's schema and values, read by [`config::Config::load`].
+//! - [`sys::paths`] (the pin directory's layout, well-known paths) and
+//!   [`sys::signals`] (waiting for SIGINT/SIGTERM/SIGHUP).
+//! - [`Error`] and [`Result`]: every library error, with
+//!   [`Error::is_usage`] telling a bad request from a failure.
+//!
+//! The system-call wrappers ([`sys`]'s `bpf`, `net`, `netns`, `time`, `host`),
+//! the eBPF object and its loader, the instance lock, the socket-diagnostics
+//! client and the proxy's workers are internal.
 
-pub mod agent;
 pub mod config;
-pub mod doctor;
-pub mod ebpf;
-pub mod error;
-pub mod inject;
-pub mod lock;
-pub mod metrics;
-pub mod paths;
+mod error;
+pub mod forwarder;
+pub mod ops;
 pub mod peer;
-pub mod programs;
-pub mod proxy;
-pub mod signals;
-pub mod sniff;
-pub mod sockdiag;
-pub mod stats;
-pub mod status;
-pub mod system;
-pub mod table;
-pub mod watch;
+pub mod receiver;
+pub mod sys;
 
 pub use error::{Error, Result};
+// Cargo gives a package's library every dependency of the package; these
+// only the `toa` binary uses (and yaml-rust2 only the packaging test).
 pub use peer::real_peer;
+#[cfg(test)]
+use yaml_rust2 as _;
+use {anyhow as _, clap as _, clap_complete as _, clap_mangen as _, tracing_subscriber as _};
+
+#[cfg(test)]
+mod layout;

@@ -2,6 +2,12 @@
 
 mod cli;
 
+// Cargo gives the binary every dependency of the package; these only the
+// library uses (and the tests' dependencies only the tests).
+use {aya as _, serde as _, thiserror as _, toa_client as _, toml as _};
+#[cfg(test)]
+use {integration_test as _, yaml_rust2 as _};
+
 use std::process::ExitCode;
 
 use clap::Parser as _;

@@ -198,3 +198,53 @@ fn the_getsockopt_program_is_left_out_when_not_wanted() {
     assert_eq!(programs.len(), 3, "{programs:?}");
     agent.stop();
 }
+
+/// A directory under the temporary directory, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(unique_name("toa-conf", 40));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+#[ignore = "needs root: BPF, cgroups"]
+fn what_toa_config_prints_is_a_file_the_agent_runs_with() {
+    require_root();
+    let dir = TempDir::new();
+    let written = dir.0.join("in.toml");
+    std::fs::write(
+        &written,
+        "getsockopt = false\ncapture_syn = true\ntrusted = [\"198.51.100.0/24\"]\nports = [9000]\n\
+         formats = [\"254/8\", \"28/7\"]\n[proxy]\nforward = \"copy\"\n[[proxy.listener]]\n\
+         listen = \"127.0.0.1:7999\"\nbackends = [{ addr = \"127.0.0.1:8999\", kind = 200 }]\nidle_timeout = \"90s\"\n",
+    )
+    .expect("write the configuration");
+    let out = toa(&["config", "-c", &written.to_string_lossy()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = dir.0.join("out.toml");
+    std::fs::write(&printed, &out.stdout).expect("write the printed configuration");
+    // Printed again, the printed file says the same.
+    let again = toa(&["config", "-c", &printed.to_string_lossy()]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let body =
+        |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&again), body(&out));
+    assert!(body(&out).contains("getsockopt = false"), "{}", body(&out));
+    // The agent runs with it, and what it says holds: no getsockopt program.
+    let cg = Cgroup::new("toa-cli");
+    let agent = AgentProc::start(cg.path(), &["--config", &printed.to_string_lossy()]);
+    let attached = attached_to(cg.path());
+    assert_eq!(attached.matches("toa_").count(), 3, "{attached}");
+    assert!(!attached.contains("getsockopt"), "{attached}");
+    agent.stop();
+}

@@ -321,7 +321,7 @@ struct Lab {
     memcg: Option<Memcg>,
     toa: PathBuf,
     exe: PathBuf,
-    injector: std::cell::RefCell<Option<toa::inject::Injector>>,
+    injector: std::cell::RefCell<Option<toa::forwarder::inject::Injector>>,
 }
 
 impl Lab {
@@ -340,9 +340,10 @@ impl Lab {
         let injector = if o.phases.is_empty() {
             None
         } else {
-            let mut inj = toa::inject::Injector::attach(cli_cg.path()).expect("attach the option writer");
-            let spec = toa::inject::spec_for(REAL_CLIENT.into(), 254, None, toa_common::inject::packets::ACK)
-                .expect("option spec");
+            let mut inj = toa::forwarder::inject::Injector::attach(cli_cg.path()).expect("attach the option writer");
+            let spec =
+                toa::forwarder::inject::spec_for(REAL_CLIENT.into(), 254, None, toa_common::inject::packets::ACK)
+                    .expect("option spec");
             inj.set_default(spec).expect("set the writer's default target");
             Some(inj)
         };

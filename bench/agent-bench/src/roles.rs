@@ -439,7 +439,7 @@ fn open_client(args: &Args) -> io::Result<()> {
     let base: u32 = args.num("base");
     let window: usize = args.num("window");
     let mut injector = match args.opt("inject") {
-        Some(cg) => Some(toa::inject::Injector::attach(Path::new(cg)).map_err(io::Error::other)?),
+        Some(cg) => Some(toa::forwarder::inject::Injector::attach(Path::new(cg)).map_err(io::Error::other)?),
         None => None,
     };
     let mut ep = Epoll::new(1024)?;
@@ -468,9 +468,13 @@ fn open_client(args: &Args) -> io::Result<()> {
             };
             let mut cookie = None;
             if let Some(inj) = injector.as_mut() {
-                let spec =
-                    toa::inject::spec_for(indexed_client(index).into(), 254, None, toa_common::inject::packets::ACK)
-                        .map_err(io::Error::other)?;
+                let spec = toa::forwarder::inject::spec_for(
+                    indexed_client(index).into(),
+                    254,
+                    None,
+                    toa_common::inject::packets::ACK,
+                )
+                .map_err(io::Error::other)?;
                 // SAFETY: `fd` is open for the duration of the call.
                 let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
                 cookie = Some(inj.set_for_socket(borrowed, spec).map_err(io::Error::other)?);

@@ -15,6 +15,14 @@ use integration_test::{
     process::{Spawned, Stream, command_in, run_in, spawn},
 };
 use serde_json::Value;
+// Cargo gives every test binary all of the package's dependencies, and each
+// names a few; naming them all here keeps `unused_crate_dependencies` for the
+// library and the binary, where it finds what nothing uses.
+use {
+    anyhow as _, aya as _, clap as _, clap_complete as _, clap_mangen as _, integration_test as _, libc as _,
+    serde as _, serde_json as _, thiserror as _, toa as _, toa_client as _, toa_common as _, toml as _, tracing as _,
+    tracing_subscriber as _, yaml_rust2 as _,
+};
 
 /// The `toa` binary under test.
 pub const TOA: &str = env!("CARGO_BIN_EXE_toa");

@@ -1,0 +1,4 @@
+//! The forwarder side: the option writer and the proxy that drives it.
+
+pub mod inject;
+pub mod proxy;

@@ -1,0 +1,210 @@
+//! Active TCP health checks: a connect to each backend every interval; `fall`
+//! failures in a row take a backend out, `rise` successes bring it back.
+//!
+//! Check connections carry no option: the proxy registers addresses only for
+//! the cookies of forwarded connections and never sets a default.
+
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use super::shared::Shared;
+use crate::sys::net as sys;
+
+/// Consecutive results of one backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Streak {
+    /// Successes in a row.
+    pub ok: u32,
+    /// Failures in a row.
+    pub failed: u32,
+}
+
+/// Records one result; returns the new health if it changes.
+pub fn record(streak: &mut Streak, healthy: bool, success: bool, rise: u32, fall: u32) -> Option<bool> {
+    if success {
+        streak.ok = streak.ok.saturating_add(1);
+        streak.failed = 0;
+        (!healthy && streak.ok >= rise).then_some(true)
+    } else {
+        streak.failed = streak.failed.saturating_add(1);
+        streak.ok = 0;
+        (healthy && streak.failed >= fall).then_some(false)
+    }
+}
+
+/// Connects to every address at once; the result of each within `timeout`.
+pub fn probe(addrs: &[SocketAddr], timeout: Duration) -> Vec<io::Result<()>> {
+    let mut results: Vec<Option<io::Result<()>>> = addrs.iter().map(|_| None).collect();
+    let mut socks: Vec<Option<OwnedFd>> = Vec::with_capacity(addrs.len());
+    for (i, addr) in addrs.iter().enumerate() {
+        let started = sys::tcp_socket(addr).and_then(|s| sys::connect(s.as_raw_fd(), *addr).map(|done| (s, done)));
+        match started {
+            Ok((_, true)) => {
+                results[i] = Some(Ok(()));
+                socks.push(None);
+            }
+            Ok((s, false)) => socks.push(Some(s)),
+            Err(e) => {
+                results[i] = Some(Err(e));
+                socks.push(None);
+            }
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut which = Vec::new();
+        for (i, s) in socks.iter().enumerate() {
+            if let (Some(s), None) = (s, &results[i]) {
+                fds.push(libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
+                which.push(i);
+            }
+        }
+        if fds.is_empty() {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            for i in which {
+                results[i] = Some(Err(io::Error::from(io::ErrorKind::TimedOut)));
+            }
+            break;
+        }
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: valid array of the announced length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            for i in which {
+                results[i] = Some(Err(io::Error::new(e.kind(), e.to_string())));
+            }
+            break;
+        }
+        for (pfd, i) in fds.iter().zip(which) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            results[i] = Some(match sys::take_error(pfd.fd) {
+                Ok(None) => Ok(()),
+                Ok(Some(e)) | Err(e) => Err(e),
+            });
+        }
+    }
+    results.into_iter().map(|r| r.unwrap_or_else(|| Err(io::Error::from(io::ErrorKind::TimedOut)))).collect()
+}
+
+/// The checker thread's loop: runs until `stop` is set.
+pub fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    struct Item {
+        listener: usize,
+        backend: usize,
+        due: Instant,
+        streak: Streak,
+    }
+    let mut items: Vec<Item> = Vec::new();
+    let now = Instant::now();
+    for (li, l) in shared.listeners.iter().enumerate() {
+        if l.settings.health.interval.is_zero() {
+            continue;
+        }
+        for bi in 0..l.pool.backends.len() {
+            items.push(Item {
+                listener: li,
+                backend: bi,
+                due: now + l.settings.health.interval,
+                streak: Streak::default(),
+            });
+        }
+    }
+    if items.is_empty() {
+        return;
+    }
+    while !stop.load(Relaxed) {
+        let now = Instant::now();
+        let due: Vec<usize> = (0..items.len()).filter(|&i| items[i].due <= now).collect();
+        if due.is_empty() {
+            let next = items.iter().map(|it| it.due).min().unwrap_or(now);
+            std::thread::sleep(next.saturating_duration_since(now).min(Duration::from_millis(100)));
+            continue;
+        }
+        let addrs: Vec<SocketAddr> = due
+            .iter()
+            .map(|&i| shared.listeners[items[i].listener].pool.backends[items[i].backend].settings.addr)
+            .collect();
+        let timeout = due
+            .iter()
+            .map(|&i| shared.listeners[items[i].listener].settings.health.timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(1));
+        let results = probe(&addrs, timeout);
+        for (&i, result) in due.iter().zip(results) {
+            let item = &mut items[i];
+            let l = &shared.listeners[item.listener];
+            let h = l.settings.health;
+            let b = &l.pool.backends[item.backend];
+            item.due = now + h.interval;
+            if let Err(e) = &result {
+                b.check_failures.fetch_add(1, Relaxed);
+                tracing::debug!(backend = %b.settings.addr, error = %e, "health check failed");
+            }
+            let healthy = b.healthy.load(Relaxed);
+            match record(&mut item.streak, healthy, result.is_ok(), h.rise, h.fall) {
+                Some(true) => {
+                    b.healthy.store(true, Relaxed);
+                    tracing::info!(listen = %l.settings.listen, backend = %b.settings.addr, "backend is up");
+                }
+                Some(false) => {
+                    b.healthy.store(false, Relaxed);
+                    tracing::warn!(
+                        listen = %l.settings.listen,
+                        backend = %b.settings.addr,
+                        error = %result.err().map(|e| e.to_string()).unwrap_or_default(),
+                        "backend is down"
+                    );
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rise_and_fall() {
+        let mut s = Streak::default();
+        assert_eq!(record(&mut s, true, false, 2, 3), None);
+        assert_eq!(record(&mut s, true, false, 2, 3), None);
+        assert_eq!(record(&mut s, true, false, 2, 3), Some(false), "third failure");
+        assert_eq!(record(&mut s, false, true, 2, 3), None);
+        assert_eq!(record(&mut s, false, false, 2, 3), None, "a failure resets the rise");
+        assert_eq!(record(&mut s, false, true, 2, 3), None);
+        assert_eq!(record(&mut s, false, true, 2, 3), Some(true));
+        assert_eq!(record(&mut s, true, true, 2, 3), None);
+    }
+
+    #[test]
+    fn probing_a_closed_and_an_open_port() {
+        let open = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let r = probe(&[open.local_addr().expect("addr"), closed], Duration::from_secs(2));
+        assert!(r[0].is_ok(), "{:?}", r[0]);
+        assert!(r[1].is_err());
+    }
+}

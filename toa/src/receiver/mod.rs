@@ -1,0 +1,7 @@
+//! The receiver: the eBPF object, the table of programs, and the agent that
+//! loads, attaches and pins them.
+
+pub mod agent;
+pub(crate) mod ebpf;
+pub(crate) mod lock;
+pub mod programs;
