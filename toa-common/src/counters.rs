@@ -67,6 +67,18 @@ pub const COUNTER_COUNT: u32 = 21;
 
 // The last counter's index + 1 is the array size: indices are dense and none is out of range.
 const _: () = assert!(COUNTERS[COUNTERS.len() - 1].0 as u32 + 1 == COUNTER_COUNT);
+/// Counters to add one to, in no particular order; `None` slots are unused.
+///
+/// What the decision functions return: a fixed number of slots, each set
+/// on its own path, which compiles to plain stores the eBPF verifier follows
+/// (a growing list would need stores at a computed stack offset).
+pub type Tally<const N: usize> = [Option<Counter>; N];
+
+/// How many times `counter` appears in `tally`.
+pub fn times<const N: usize>(tally: &Tally<N>, counter: Counter) -> usize {
+    tally.iter().filter(|c| **c == Some(counter)).count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
