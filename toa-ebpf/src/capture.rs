@@ -42,7 +42,8 @@ const TCP_DOFF_UNIT: usize = 4;
 
 /// The codec behind a global (non-static) function: the verifier checks it
 /// once on its own instead of once per call site and caller state, which
-/// keeps the program far below the instruction budget.
+/// keeps the program far below the instruction budget (docs/design.md
+/// §5). Plain types only at this boundary: no data-carrying enum in its BTF.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn toa_scan_options(
