@@ -245,6 +245,10 @@ fn copy_options_and_header_len(ops: &Ops, buf: &mut [u8; OPTION_BUF_LEN]) -> (us
     }
     let len = header_len - TCP_HEADER_LEN;
     let mut n = 0usize;
+    #[expect(
+        clippy::needless_range_loop,
+        reason = "the index also makes the packet address checked against skb_data_end"
+    )]
     for i in 0..MAX_OPTIONS_LEN {
         if i >= len {
             break;
