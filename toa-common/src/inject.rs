@@ -1,6 +1,6 @@
 //! The client-side option writer's shared types.
 
-use crate::option::MAX_ENCODED_LEN;
+use crate::{option::MAX_ENCODED_LEN, segment::flags};
 
 /// Packets the writer puts the option into (bits of [`InjectSpec::packets`]).
 pub mod packets {
@@ -58,9 +58,8 @@ const _: () = assert!(core::mem::size_of::<InjectState>() == 40);
 /// its retransmissions); data is marked until the peer acknowledges some.
 #[inline(always)]
 pub fn wants_option(state: &InjectState, tcp_flags: u32, payload_len: u32, rcv_nxt: u32, snd_una: u32) -> bool {
-    const SYN: u32 = 0x02;
     let p = state.spec.packets;
-    if tcp_flags & SYN != 0 {
+    if tcp_flags & u32::from(flags::SYN) != 0 {
         return p & packets::SYN != 0;
     }
     if state.established == 0 {
@@ -158,9 +157,9 @@ mod tests {
 
     #[test]
     fn placement_decisions() {
-        const SYN: u32 = 0x02;
-        const ACK: u32 = 0x10;
-        const FIN: u32 = 0x01;
+        const SYN: u32 = flags::SYN as u32;
+        const ACK: u32 = flags::ACK as u32;
+        const FIN: u32 = flags::FIN as u32;
         let all = packets::SYN | packets::ACK | packets::DATA;
         struct C {
             d: &'static str,
@@ -283,8 +282,8 @@ mod tests {
 
     #[test]
     fn room_decisions() {
-        const SYN: u32 = 0x02;
-        const ACK: u32 = 0x10;
+        const SYN: u32 = flags::SYN as u32;
+        const ACK: u32 = flags::ACK as u32;
         struct C {
             description: &'static str,
             packets: u8,

@@ -16,6 +16,7 @@ use toa_common::{
     counters::Tally,
     option::{ClientAddr, MAX_OPTIONS_LEN, OPTION_BUF_LEN, Scan, scan_options},
     peer::source,
+    segment::TCP_HEADER_LEN,
     trust::{KEY_BITS, peer_key},
 };
 
@@ -25,8 +26,6 @@ use crate::{
     sock_ops::Ops,
 };
 
-/// Size of a TCP header without options.
-const TCP_HEADER_LEN: usize = 20;
 /// Most bytes of a TCP header (with options).
 const TCP_MAX_HEADER_LEN: usize = 60;
 /// `SOL_TCP`.
