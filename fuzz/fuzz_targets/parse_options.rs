@@ -89,7 +89,7 @@ fn ref_decode(opt: &[u8]) -> ClientAddr {
     ClientAddr { kind, family, addr, port }
 }
 
-/// The rules (option.rs, DESIGN §2): skip NOPs, stop at EOL; take the first
+/// The rules (option.rs, docs/design.md §2): skip NOPs, stop at EOL; take the first
 /// option whose (kind, length) is accepted and stop there; a length below 2
 /// or an option running past the options area ends parsing as malformed; an
 /// accepted kind with a length that is not accepted is skipped by its length

@@ -1,13 +1,13 @@
 //! Network namespaces and a two-namespace veth topology.
 //!
-//! DESIGN: commands run inside a namespace through `nsenter --net=PATH`, and
+//! Commands run inside a namespace through `nsenter --net=PATH`, and
 //! threads or children switch with [`enter`] (`setns(2)`), never through
 //! `ip netns exec`. The latter also unshares the mount namespace and mounts a
 //! fresh sysfs over `/sys`, which hides the submounts below it: the cgroup2
 //! hierarchy (`/sys/fs/cgroup/...`) and bpffs (`/sys/fs/bpf`) vanish from the
 //! program's view, so anything attaching eBPF programs to a cgroup breaks.
 //! `nsenter --net` and `setns(CLONE_NEWNET)` change only the network
-//! namespace and leave the mount namespace alone.
+//! namespace and leave the mount namespace alone (docs/design.md §5).
 //!
 //! Names are unique per test process and fixture ([`unique_name`]) so tests
 //! can run in parallel, including several test binaries at once.

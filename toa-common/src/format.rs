@@ -1,6 +1,6 @@
 //! The table of accepted (kind, length) option formats.
 //!
-//! The payload shape is decided by the option length alone (DESIGN §2):
+//! The payload shape is decided by the option length alone (docs/design.md §2):
 //! 8 → port + IPv4, 20 → port + IPv6, 7 → version + IPv4, 19 → version + IPv6.
 //! The table is a 256-entry array indexed by kind whose bytes are bit sets of
 //! accepted shapes, so the eBPF program checks an option with one load.

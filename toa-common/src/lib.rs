@@ -6,6 +6,7 @@
 //! tests and the fuzzer).
 #![no_std]
 
+pub mod capture;
 pub mod compat;
 pub mod config;
 pub mod counters;

@@ -1,7 +1,7 @@
 //! The TOA option codec: finding the client address among a segment's TCP
 //! options, and building the option a forwarder writes.
 //!
-//! Rules (DESIGN §2): skip NOPs, stop at EOL; take the first option whose
+//! Rules (docs/design.md §2): skip NOPs, stop at EOL; take the first option whose
 //! (kind, length) is accepted and stop there; a length below 2 or an option
 //! running past the options area ends parsing as malformed; an accepted kind
 //! with a length that is not accepted is skipped by its length (and reported

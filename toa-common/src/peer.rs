@@ -12,6 +12,8 @@ pub enum Family {
 
 /// Which packet of the connection the option was taken from.
 pub mod source {
+    /// No packet: the record is empty (or, in a decision, nothing is stored).
+    pub const NONE: u8 = 0;
     /// The client's SYN (saved SYN on the listener).
     pub const SYN: u8 = 1;
     /// The ACK that completes the three-way handshake.

@@ -10,12 +10,14 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use toa_common::{
-    Family, Parsed, PeerRecord,
+    PeerRecord,
+    capture::{self, Handshake, Later, Outcome, Packet, Stored, Syn, packet_needs_scan},
     config::{CAPTURE_DATA, CAPTURE_SYN, PORT_FILTER, ReceiverConfig, TRUST_ALL},
-    counters::Counter,
+    counters::Tally,
     option::{ClientAddr, MAX_OPTIONS_LEN, OPTION_BUF_LEN, Scan, scan_options},
     peer::source,
-    trust::mapped,
+    segment::TCP_HEADER_LEN,
+    trust::{KEY_BITS, peer_key},
 };
 
 use crate::{
@@ -24,8 +26,6 @@ use crate::{
     sock_ops::Ops,
 };
 
-/// Size of a TCP header without options.
-const TCP_HEADER_LEN: usize = 20;
 /// Most bytes of a TCP header (with options).
 const TCP_MAX_HEADER_LEN: usize = 60;
 /// `SOL_TCP`.
@@ -34,12 +34,15 @@ const SOL_TCP: i32 = 6;
 const TCP_SAVE_SYN: i32 = 27;
 /// `TCP_BPF_SYN`: bpf_getsockopt of the saved SYN's TCP header.
 const TCP_BPF_SYN: i32 = 1005;
-/// `AF_INET`.
-const AF_INET: u32 = 2;
+/// Offset of the byte whose upper four bits are the TCP data offset.
+const TCP_DOFF_BYTE: usize = 12;
+/// Bytes per unit of the data offset (32-bit words).
+const TCP_DOFF_UNIT: usize = 4;
 
 /// The codec behind a global (non-static) function: the verifier checks it
 /// once on its own instead of once per call site and caller state, which
-/// keeps the program far below the instruction budget.
+/// keeps the program far below the instruction budget (docs/design.md
+/// §5). Plain types only at this boundary: no data-carrying enum in its BTF.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn toa_scan_options(
@@ -56,17 +59,16 @@ pub extern "C" fn toa_scan_options(
     unsafe { scan_options(&*buf, len as usize, &*formats, in_syn != 0, &mut *out) as u32 }
 }
 
-/// Calls the global scan function.
+/// Calls the global scan function; the client, if found, lands in `out`.
 #[inline(always)]
-fn parse(buf: &[u8; OPTION_BUF_LEN], len: usize, cfg: &ReceiverConfig, in_syn: bool) -> Parsed {
-    let mut out = ClientAddr::EMPTY;
-    let found = toa_scan_options(buf, len as u32, &cfg.formats, in_syn as u32, &mut out);
+fn scan(buf: &[u8; OPTION_BUF_LEN], len: usize, cfg: &ReceiverConfig, in_syn: bool, out: &mut ClientAddr) -> Scan {
+    let found = toa_scan_options(buf, len as u32, &cfg.formats, in_syn as u32, out);
     if found == Scan::Found as u32 {
-        Parsed::Found(out)
+        Scan::Found
     } else if found == Scan::Malformed as u32 {
-        Parsed::Malformed
+        Scan::Malformed
     } else {
-        Parsed::None
+        Scan::None
     }
 }
 
@@ -106,26 +108,18 @@ fn peer_trusted(ops: &Ops, cfg: &ReceiverConfig) -> bool {
     // through a pointer the compiler computed ahead of a branch.
     let family = ops.family();
     let v4 = ops.remote_ip4();
-    let w = [ops.remote_ip6_0(), ops.remote_ip6_1(), ops.remote_ip6_2(), ops.remote_ip6_3()];
-    let data = if family == AF_INET {
-        mapped(v4.to_ne_bytes())
-    } else {
-        let mut a = [0u8; 16];
-        a[0..4].copy_from_slice(&w[0].to_ne_bytes());
-        a[4..8].copy_from_slice(&w[1].to_ne_bytes());
-        a[8..12].copy_from_slice(&w[2].to_ne_bytes());
-        a[12..16].copy_from_slice(&w[3].to_ne_bytes());
-        a
-    };
-    TOA_TRUSTED.get(&Key::new(128, data)).is_some()
+    let v6 = [ops.remote_ip6_0(), ops.remote_ip6_1(), ops.remote_ip6_2(), ops.remote_ip6_3()];
+    TOA_TRUSTED.get(&Key::new(KEY_BITS, peer_key(family, v4, v6))).is_some()
 }
 
 fn on_listen(ops: &Ops) {
     let Some(cfg) = config() else { return };
     if cfg.has(CAPTURE_SYN) && port_in_scope(ops, cfg) {
         let mut on: i32 = 1;
-        // SAFETY: helper call on our context with a 4-byte value.
-        unsafe { bpf_setsockopt(ops.raw().cast(), SOL_TCP, TCP_SAVE_SYN, (&raw mut on).cast(), 4) };
+        // SAFETY: helper call on our context with a pointer to an i32 and its size.
+        unsafe {
+            bpf_setsockopt(ops.raw().cast(), SOL_TCP, TCP_SAVE_SYN, (&raw mut on).cast(), size_of::<i32>() as i32)
+        };
     }
 }
 
@@ -134,103 +128,87 @@ fn on_passive_established(ops: &Ops) {
     if !port_in_scope(ops, cfg) {
         return;
     }
-    let mut taken: Option<(ClientAddr, u8)> = None;
-    if cfg.has(CAPTURE_SYN) {
-        if let Some(client) = from_saved_syn(ops, cfg) {
-            taken = Some((client, source::SYN));
-        }
-    }
+    let mut syn_client = ClientAddr::EMPTY;
+    let syn = if cfg.has(CAPTURE_SYN) { saved_syn(ops, cfg, &mut syn_client) } else { Syn::Off };
     let mut buf = [0u8; OPTION_BUF_LEN];
     let len = copy_options(ops, &mut buf);
-    match parse(&buf, len, cfg, false) {
-        Parsed::Found(client) => match &taken {
-            Some((first, _)) if *first != client => count(Counter::ToaConflict),
-            Some(_) => {}
-            None => taken = Some((client, source::ACK)),
-        },
-        Parsed::Malformed => count(Counter::ToaMalformed),
-        Parsed::None => {}
+    let mut ack_client = ClientAddr::EMPTY;
+    let ack = scan(&buf, len, cfg, false, &mut ack_client);
+    let mut facts = Handshake {
+        syn,
+        syn_client: &syn_client,
+        ack,
+        ack_client: &ack_client,
+        capture_data: cfg.has(CAPTURE_DATA),
+        trusted: false,
+    };
+    if facts.needs_trust() {
+        facts.trusted = peer_trusted(ops, cfg);
     }
-    match taken {
-        Some((client, from)) if peer_trusted(ops, cfg) => {
-            count(Counter::SynRecvSockToa);
-            if from == source::SYN {
-                count(Counter::ToaFromSyn);
-            }
-            store(ops, &client, from);
-        }
-        Some(_) => {
-            count(Counter::ToaUntrusted);
-            count(Counter::SynRecvSockNoToa);
-        }
-        None => {
-            count(Counter::SynRecvSockNoToa);
-            if cfg.has(CAPTURE_DATA) {
-                // Look at the next packets (up to the first data packet).
-                ops.set_cb_flags(ops.cb_flags() | BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG);
-            }
-        }
-    }
+    let outcome = capture::handshake(&facts);
+    apply(ops, &outcome, if outcome.store == source::SYN { &syn_client } else { &ack_client });
 }
 
 /// A packet after the handshake on a connection that had no option yet.
 ///
 /// With PARSE_UNKNOWN_HDR_OPT_CB_FLAG the kernel calls us only for segments
-/// that carry an option it does not know: a data packet without options (or
-/// with timestamps only) never gets here. So the window "up to the first data
-/// packet" is closed by `bytes_received`, not by seeing that packet.
+/// that carry an option it does not know (see [`packet_needs_scan`]).
 fn on_packet(ops: &Ops) {
     // Read before branching (see `peer_trusted`).
-    let received = ops.bytes_received();
+    let bytes_received = ops.bytes_received();
     let Some(cfg) = config() else { return };
-    if received > 0 {
-        // Data arrived earlier without the option: the connection has none.
-        stop_parsing(ops);
-        return;
+    let mut facts = Packet { bytes_received, option: Scan::None, has_payload: false, trusted: false };
+    let mut client = ClientAddr::EMPTY;
+    if packet_needs_scan(bytes_received) {
+        let mut buf = [0u8; OPTION_BUF_LEN];
+        let (len, header_len) = copy_options_and_header_len(ops, &mut buf);
+        facts.has_payload = ops.skb_len() as usize > header_len;
+        facts.option = scan(&buf, len, cfg, false, &mut client);
+        if facts.needs_trust() {
+            facts.trusted = peer_trusted(ops, cfg);
+        }
     }
-    let mut buf = [0u8; OPTION_BUF_LEN];
-    let (len, header_len) = copy_options_and_header_len(ops, &mut buf);
-    let has_payload = ops.skb_len() as usize > header_len;
-    match parse(&buf, len, cfg, false) {
-        Parsed::Found(client) => {
-            if peer_trusted(ops, cfg) {
-                count(Counter::ToaFromData);
-                store(ops, &client, source::DATA);
-            } else {
-                count(Counter::ToaUntrusted);
-            }
-            stop_parsing(ops);
+    apply(ops, &capture::packet(&facts), &client);
+}
+
+/// Carries out a decision; `client` is the one of the packet named by `outcome.store`.
+#[inline(always)]
+fn apply(ops: &Ops, outcome: &Outcome, client: &ClientAddr) {
+    count_all(&outcome.counters);
+    if outcome.store != source::NONE {
+        store(ops, client, outcome.store);
+    }
+    match outcome.later {
+        Later::Unchanged => {}
+        Later::Watch => {
+            ops.set_cb_flags(ops.cb_flags() | BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG);
         }
-        Parsed::Malformed => {
-            count(Counter::ToaMalformed);
-            if has_payload {
-                stop_parsing(ops);
-            }
+        Later::Stop => {
+            ops.set_cb_flags(ops.cb_flags() & !BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG);
         }
-        // The first data packet had none: the connection has no real client.
-        Parsed::None if has_payload => stop_parsing(ops),
-        Parsed::None => {}
     }
 }
 
+/// Adds one to every counter of `tally`.
 #[inline(always)]
-fn stop_parsing(ops: &Ops) {
-    ops.set_cb_flags(ops.cb_flags() & !BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG);
+fn count_all<const N: usize>(tally: &Tally<N>) {
+    for counter in tally.iter().flatten() {
+        count(*counter);
+    }
 }
 
-/// The client in the saved SYN's options, if any.
+/// What the saved SYN's options hold; the client, if found, lands in `out`.
 #[inline(always)]
-fn from_saved_syn(ops: &Ops, cfg: &ReceiverConfig) -> Option<ClientAddr> {
+fn saved_syn(ops: &Ops, cfg: &ReceiverConfig, out: &mut ClientAddr) -> Syn {
     let mut header = [0u8; TCP_MAX_HEADER_LEN];
-    // SAFETY: helper call on our context; `header` is 60 bytes.
+    // SAFETY: helper call on our context; `header` is TCP_MAX_HEADER_LEN bytes.
     let n = unsafe {
         bpf_getsockopt(ops.raw().cast(), SOL_TCP, TCP_BPF_SYN, header.as_mut_ptr().cast(), TCP_MAX_HEADER_LEN as i32)
     };
     if n < TCP_HEADER_LEN as i64 {
-        count(Counter::ToaSynUnavailable);
-        return None;
+        return Syn::Unavailable;
     }
-    let header_len = ((header[12] >> 4) as usize) * 4;
+    let header_len = ((header[TCP_DOFF_BYTE] >> 4) as usize) * TCP_DOFF_UNIT;
     let end = if header_len < (n as usize) { header_len } else { n as usize };
     let mut buf = [0u8; OPTION_BUF_LEN];
     let mut len = 0;
@@ -241,14 +219,7 @@ fn from_saved_syn(ops: &Ops, cfg: &ReceiverConfig) -> Option<ClientAddr> {
         buf[i] = header[TCP_HEADER_LEN + i];
         len = i + 1;
     }
-    match parse(&buf, len, cfg, true) {
-        Parsed::Found(client) => Some(client),
-        Parsed::Malformed => {
-            count(Counter::ToaMalformed);
-            None
-        }
-        Parsed::None => None,
-    }
+    Syn::Scanned(scan(&buf, len, cfg, true, out))
 }
 
 /// Copies the packet's TCP options into `buf`; returns how many bytes.
@@ -266,13 +237,17 @@ fn copy_options_and_header_len(ops: &Ops, buf: &mut [u8; OPTION_BUF_LEN]) -> (us
         return (0, 0);
     }
     // SAFETY: bounds checked against skb_data_end just above.
-    let doff = unsafe { *((data + 12) as *const u8) } >> 4;
-    let header_len = (doff as usize) * 4;
+    let doff = unsafe { *((data + TCP_DOFF_BYTE) as *const u8) } >> 4;
+    let header_len = (doff as usize) * TCP_DOFF_UNIT;
     if header_len <= TCP_HEADER_LEN {
         return (0, header_len);
     }
     let len = header_len - TCP_HEADER_LEN;
     let mut n = 0usize;
+    #[expect(
+        clippy::needless_range_loop,
+        reason = "the index also makes the packet address checked against skb_data_end"
+    )]
     for i in 0..MAX_OPTIONS_LEN {
         if i >= len {
             break;
@@ -289,36 +264,30 @@ fn copy_options_and_header_len(ops: &Ops, buf: &mut [u8; OPTION_BUF_LEN]) -> (us
 }
 
 /// Stores the real client on the socket unless one is stored already.
-///
-/// An option without a port (Alibaba CDN's 28/7 and 28/19, or port 0) keeps
-/// the connection's transport port, as Alibaba's module does (it replaces
-/// only the address): port 0 is never a usable peer port.
 #[inline(always)]
 fn store(ops: &Ops, client: &ClientAddr, from: u8) {
     // Read before branching (see `peer_trusted`).
     let transport_port = ((ops.remote_port() >> 16) as u16).to_ne_bytes();
-    let Some(rec) = ops.storage::<PeerRecord>(raw(&TOA_PEERS), true) else {
-        count(Counter::ToaStoreFailed);
-        return;
+    let result = match ops.storage::<PeerRecord>(raw(&TOA_PEERS), true) {
+        None => Stored::Failed,
+        Some(rec) => {
+            // SAFETY: socket storage of our socket, owned by us while the socket is locked.
+            let rec = unsafe { &mut *rec };
+            if rec.family != 0 {
+                Stored::AlreadyHeld
+            } else {
+                // SAFETY: plain helper call.
+                let now = unsafe { bpf_ktime_get_boot_ns() };
+                *rec = capture::record(client, transport_port, from, now);
+                Stored::New(client.family)
+            }
+        }
     };
-    // SAFETY: socket storage of our socket, owned by us while the socket is locked.
-    let rec = unsafe { &mut *rec };
-    if rec.family != 0 {
-        return;
+    count_all(&capture::stored(result));
+    if let Stored::New(_) = result {
+        // Be told when the connection closes, to release the record.
+        ops.set_cb_flags(ops.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG);
     }
-    rec.addr = client.addr;
-    rec.port = if client.port == [0, 0] { transport_port } else { client.port };
-    rec.kind = client.kind;
-    rec.source = from;
-    // SAFETY: plain helper call.
-    rec.stored_ns = unsafe { bpf_ktime_get_boot_ns() };
-    rec.family = client.family as u8;
-    count(Counter::ToaEntryAlloc);
-    if client.family == Family::V6 {
-        count(Counter::Ip6AddressAlloc);
-    }
-    // Be told when the connection closes, to release the record.
-    ops.set_cb_flags(ops.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
 fn on_state_change(ops: &Ops) {
@@ -330,12 +299,8 @@ fn on_state_change(ops: &Ops) {
     };
     // SAFETY: socket storage of our socket.
     let family = unsafe { (*rec).family };
-    if family == 0 {
-        return;
+    if let Some(counters) = capture::released(family) {
+        count_all(&counters);
+        ops.delete_storage(raw(&TOA_PEERS));
     }
-    count(Counter::ToaEntryFree);
-    if family == Family::V6 as u8 {
-        count(Counter::Ip6AddressFree);
-    }
-    ops.delete_storage(raw(&TOA_PEERS));
 }

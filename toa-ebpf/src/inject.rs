@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use toa_common::{
     counters::Counter,
-    inject::{InjectState, packets, still_writing, wants_option},
+    inject::{HeaderLen, InjectState, room, still_writing},
     option::MAX_ENCODED_LEN,
 };
 
@@ -81,24 +81,24 @@ fn on_established(ops: &Ops) {
 }
 
 fn on_header_len(ops: &Ops) {
+    // Read before branching (see `capture::peer_trusted`).
+    let header = HeaderLen {
+        sizing: ops.arg0() & WRITE_HDR_TCP_CURRENT_MSS != 0,
+        tcp_flags: ops.skb_tcp_flags(),
+        payload_len: ops.skb_len(),
+        rcv_nxt: ops.rcv_nxt(),
+        snd_una: ops.snd_una(),
+    };
     let Some(st) = state(ops) else { return };
-    let len = st.spec.len as u32;
-    let rcv_nxt = ops.rcv_nxt();
-    let snd_una = ops.snd_una();
-    if ops.arg0() & WRITE_HDR_TCP_CURRENT_MSS != 0 {
-        // Sizing segments: leave room while data packets still get the option.
-        if st.established != 0 && st.spec.packets & packets::DATA != 0 && snd_una == st.data_start {
-            // SAFETY: helper call on our context.
-            unsafe { bpf_reserve_hdr_opt(ops.raw(), len, 0) };
-        }
-        return;
-    }
-    if wants_option(st, ops.skb_tcp_flags(), ops.skb_len(), rcv_nxt, snd_una) {
+    let room = room(st, &header);
+    if room.reserve != 0 {
         // SAFETY: helper call on our context.
-        if unsafe { bpf_reserve_hdr_opt(ops.raw(), len, 0) } != 0 {
+        let ret = unsafe { bpf_reserve_hdr_opt(ops.raw(), room.reserve, 0) };
+        if ret != 0 && room.count_no_room {
             count(Counter::InjectNoRoom);
         }
-    } else if st.established != 0 && !still_writing(st, rcv_nxt, snd_una) {
+    }
+    if room.stop {
         stop_writing(ops);
     }
 }

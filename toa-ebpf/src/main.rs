@@ -81,8 +81,13 @@ mod entry {
 #[cfg(all(target_arch = "bpf", not(test)))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: the verifier rejects any program that could reach a panic.
-    unsafe { core::hint::unreachable_unchecked() }
+    // eBPF cannot unwind or abort. A loop without exit is what a path to a
+    // panic compiles to, and the verifier rejects a program in which it can
+    // reach one (an unbounded loop, or a last instruction that is not an
+    // exit). Telling the compiler the path is unreachable instead would let
+    // it delete the bounds checks that lead here, and the verifier would then
+    // judge code that no longer checks what the source checks.
+    loop {}
 }
 
 #[cfg(target_arch = "bpf")]

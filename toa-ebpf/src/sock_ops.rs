@@ -2,7 +2,7 @@
 //!
 //! The verifier only accepts context reads at fixed offsets with the field's
 //! own size; volatile loads keep the compiler from folding them into
-//! `ctx + reg` forms it rejects.
+//! `ctx + reg` forms it rejects (docs/design.md §5).
 
 use core::ptr::{addr_of, read_volatile};
 

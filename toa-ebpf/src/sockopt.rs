@@ -5,7 +5,10 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use aya_ebpf::{helpers::generated::bpf_sk_storage_get, programs::SockoptContext};
 use toa_common::{
     PeerRecord,
-    compat::{Answer, MAX_ANSWER_LEN, SOL_IP, answer},
+    compat::{
+        Answer, EINVAL, MAX_ANSWER_LEN, NAT64_PEER_LEN, SOCKADDR_IN_LEN, SOCKADDR_IN6_LEN, SOL_IP, TOA_SO_GET_LOOKUP,
+        VTOA_GET_PEER, answer,
+    },
     counters::Counter,
 };
 
@@ -21,9 +24,7 @@ pub fn getsockopt(ctx: &SockoptContext) {
     let so = ctx.sockopt;
     // SAFETY: fixed-offset context reads.
     let (level, optname) = unsafe { (read_volatile(addr_of!((*so).level)), read_volatile(addr_of!((*so).optname))) };
-    if level != SOL_IP
-        || (optname != toa_common::compat::VTOA_GET_PEER && optname != toa_common::compat::TOA_SO_GET_LOOKUP)
-    {
+    if level != SOL_IP || (optname != VTOA_GET_PEER && optname != TOA_SO_GET_LOOKUP) {
         // optlen 0: "keep what the kernel wrote to the caller's buffer". The
         // hook then skips copying its copy of the value (and the length) back
         // to userspace, which it would otherwise do on every call in the
@@ -54,25 +55,28 @@ pub fn getsockopt(ctx: &SockoptContext) {
             found = true;
         }
     }
+    #[expect(
+        clippy::implicit_saturating_sub,
+        reason = "saturating_sub compiles to 40 more BPF instructions for the same value"
+    )]
     let buf_len = if optval_end > optval { optval_end - optval } else { 0 };
     match answer(level, optname, if found { Some(&record) } else { None }, buf_len) {
         Answer::PassThrough => {}
         Answer::Write { bytes, len } => {
-            if optval + MAX_ANSWER_LEN <= optval_end {
-                // SAFETY: the whole 28-byte window is inside the caller's buffer.
-                unsafe { core::ptr::write_unaligned(optval as *mut [u8; MAX_ANSWER_LEN], bytes) };
-            } else if optval + 20 <= optval_end && len <= 20 {
-                let mut head = [0u8; 20];
-                head.copy_from_slice(&bytes[..20]);
-                // SAFETY: 20 bytes inside the caller's buffer.
-                unsafe { core::ptr::write_unaligned(optval as *mut [u8; 20], head) };
-            } else if optval + 16 <= optval_end && len <= 16 {
-                let mut head = [0u8; 16];
-                head.copy_from_slice(&bytes[..16]);
-                // SAFETY: 16 bytes inside the caller's buffer.
-                unsafe { core::ptr::write_unaligned(optval as *mut [u8; 16], head) };
+            // The kernel only accepts stores of a size known at load time, so
+            // the answer goes out in the largest of the three answer sizes
+            // that fits the caller's buffer (`answer` made sure one does).
+            if optval + SOCKADDR_IN6_LEN <= optval_end {
+                // SAFETY: checked just above.
+                unsafe { write_head::<SOCKADDR_IN6_LEN>(optval, &bytes) };
+            } else if optval + NAT64_PEER_LEN <= optval_end && len <= NAT64_PEER_LEN {
+                // SAFETY: checked just above.
+                unsafe { write_head::<NAT64_PEER_LEN>(optval, &bytes) };
+            } else if optval + SOCKADDR_IN_LEN <= optval_end && len <= SOCKADDR_IN_LEN {
+                // SAFETY: checked just above.
+                unsafe { write_head::<SOCKADDR_IN_LEN>(optval, &bytes) };
             } else {
-                fail(ctx, toa_common::compat::EINVAL);
+                fail(ctx, EINVAL);
                 return;
             }
             // SAFETY: writable context fields of cgroup/getsockopt.
@@ -84,6 +88,22 @@ pub fn getsockopt(ctx: &SockoptContext) {
         }
         Answer::Fail(errno) => fail(ctx, errno),
     }
+}
+
+// The ladder above goes from the largest answer down; every answer is one of the three sizes.
+const _: () = assert!(SOCKADDR_IN_LEN < NAT64_PEER_LEN && NAT64_PEER_LEN < SOCKADDR_IN6_LEN);
+const _: () = assert!(SOCKADDR_IN6_LEN == MAX_ANSWER_LEN);
+
+/// Copies the first `N` bytes of the answer to the caller's buffer at `optval`.
+///
+/// # Safety
+/// `optval..optval + N` must lie inside the hook's `optval..optval_end`.
+#[inline(always)]
+unsafe fn write_head<const N: usize>(optval: usize, bytes: &[u8; MAX_ANSWER_LEN]) {
+    let mut head = [0u8; N];
+    head.copy_from_slice(&bytes[..N]);
+    // SAFETY: the caller guarantees N bytes at `optval` are inside the caller's buffer.
+    unsafe { core::ptr::write_unaligned(optval as *mut [u8; N], head) };
 }
 
 #[inline(always)]
