@@ -3,6 +3,7 @@
 
 pub mod doctor;
 pub mod metrics;
+pub mod readiness;
 pub mod sniff;
 pub(crate) mod sockdiag;
 pub mod stats;
