@@ -241,6 +241,13 @@ impl Agent {
         self.config.programs().filter(|s| !self.unavailable.contains(&s.name))
     }
 
+    /// Stops but leaves every program attached and pinned, whatever `persist`
+    /// says, for the next agent to adopt (a restart: no gap).
+    pub fn stop_attached(mut self) -> Result<()> {
+        self.config.persist = true;
+        self.stop()
+    }
+
     /// Stops: detaches every program and removes every pin, unless the
     /// configuration says to persist (then everything stays attached and
     /// pinned for the next agent).
