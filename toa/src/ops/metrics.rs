@@ -124,10 +124,9 @@ fn serve(mut stream: TcpStream, pins: &PinDir) -> std::io::Result<()> {
             Ok(s) => ("200 OK", "text/plain; version=0.0.4", render(&s)),
             Err(e) => ("503 Service Unavailable", "text/plain", format!("{e}\n")),
         },
-        "/healthz" => match Snapshot::read_pinned(pins) {
-            Ok(_) => ("200 OK", "text/plain", "ok\n".to_string()),
-            Err(e) => ("503 Service Unavailable", "text/plain", format!("{e}\n")),
-        },
+        // Ready only once every program is attached (the counters are pinned earlier).
+        "/healthz" if crate::readiness::attached(pins) => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/healthz" => ("503 Service Unavailable", "text/plain", "not attached yet\n".to_string()),
         _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
     };
     write!(
