@@ -236,9 +236,26 @@ impl Agent {
         Ok(())
     }
 
+    /// The attached cgroups.
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
     /// The attached programs.
     pub fn programs(&self) -> impl Iterator<Item = &'static ProgramSpec> + '_ {
         self.config.programs().filter(|s| !self.unavailable.contains(&s.name))
+    }
+
+    /// The checks a start makes before touching anything: privileges and the
+    /// configured cgroups (so a caller can refuse early, with the same error).
+    pub fn preflight(config: &AgentConfig) -> Result<()> {
+        system::require_root()?;
+        resolve_scopes(&config.cgroups).map(drop)
     }
 
     /// Stops but leaves every program attached and pinned, whatever `persist`
