@@ -1,0 +1,130 @@
+//! Readiness everyone can see: `toa status --wait` returns only once an
+//! agent has every program attached (the counters are pinned earlier),
+//! `/healthz` agrees, and a stale state left by a killed agent is not
+//! believed. A listener opened right after the wait gets its SYN captured.
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
+
+use common::{Lab, READY, TOA, attached_to, privileged, start_injector, toa};
+use integration_test::{
+    cgroup::Cgroup,
+    netns::unique_name,
+    process::{Stream, command_in, spawn},
+};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// `GET path` on 127.0.0.1:port: (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics listener");
+    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    let mut text = String::new();
+    c.read_to_string(&mut text).expect("read");
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
+}
+
+#[test]
+fn status_wait_returns_once_every_program_is_attached_and_healthz_agrees() {
+    if !privileged("status_wait_returns_once_every_program_is_attached_and_healthz_agrees") {
+        return;
+    }
+    let cg = Cgroup::new("toa-srv");
+    let pins = format!("/sys/fs/bpf/{}", unique_name("toa-test", 40));
+    let port = free_port();
+    let mut cmd = command_in(None, None, TOA);
+    cmd.args(["agent", "--cgroup", &cg.path().to_string_lossy(), "--pin-dir", &pins]);
+    cmd.args(["--metrics-listen", &format!("127.0.0.1:{port}")]);
+    let mut agent = spawn(cmd);
+    let wait = toa(&["status", "--wait", "--timeout", "60s", "--pin-dir", &pins]);
+    assert!(wait.status.success(), "{}", String::from_utf8_lossy(&wait.stderr));
+    // Returned: every program is attached already, and the status it prints says so.
+    assert_eq!(attached_to(cg.path()).matches("toa_").count(), 4);
+    assert!(String::from_utf8_lossy(&wait.stdout).starts_with("agent:    running (pid "));
+    let (status, body) = http_get(port, "/healthz");
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok\n"));
+    assert!(agent.terminate().success());
+    // No agent: a clear error after the timeout, exit 1.
+    let wait = toa(&["status", "--wait", "--timeout", "300ms", "--pin-dir", &pins]);
+    assert_eq!(wait.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&wait.stderr);
+    assert!(
+        err.trim().starts_with(&format!(
+            "toa: no toa agent attached on {pins} within 300ms (no agent holds the pin directory's lock)"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_killed_agents_state_is_not_taken_for_readiness() {
+    if !privileged("a_killed_agents_state_is_not_taken_for_readiness") {
+        return;
+    }
+    let cg = Cgroup::new("toa-srv");
+    let agent = common::AgentProc::start(cg.path(), &[]);
+    let pins = agent.pins.to_string_lossy().into_owned();
+    let state = toa::readiness::state_file(&toa::paths::PinDir::new(&agent.pins));
+    assert!(state.exists(), "{}", state.display());
+    let mut agent = agent;
+    // SIGKILL: no cleanup, the state file stays behind, the lock goes with the process.
+    // SAFETY: plain syscall on our own child.
+    assert_eq!(unsafe { libc::kill(agent.proc.pid(), libc::SIGKILL) }, 0);
+    let _ = agent.proc.wait_exit(READY);
+    assert!(state.exists(), "a killed agent leaves its state file");
+    let wait = toa(&["status", "--wait", "--timeout", "200ms", "--pin-dir", &pins]);
+    assert_eq!(wait.status.code(), Some(1), "a dead agent's state is not believed");
+    let detach = toa(&["detach", "--pin-dir", &pins]);
+    assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
+    let _ = std::fs::remove_file(&state);
+}
+
+#[test]
+fn a_listener_opened_right_after_status_wait_gets_its_syn_captured() {
+    if !privileged("a_listener_opened_right_after_status_wait_gets_its_syn_captured") {
+        return;
+    }
+    let lab = Lab::new();
+    // AgentProc::start returns after `toa status --wait`.
+    let agent = common::AgentProc::start(lab.srv_cg.path(), &["--capture-syn", "--no-capture-data"]);
+    let mut server = lab.peer_server("0.0.0.0", 9000, "each");
+    let _inject = start_injector(lab.cli_cg.path(), &["--addr", "203.0.113.7:4242", "--packets", "syn"]);
+    let _ = lab.client(&["curl", "-s", "--max-time", "5", "http://192.0.2.2:9000/"]);
+    let line = server.wait_for_line(Stream::Stdout, |l| l.starts_with("accept="), READY);
+    assert_eq!(line, "accept=203.0.113.7:4242 getpeername=203.0.113.7:4242");
+    assert_eq!(agent.counter("toa_from_syn"), 1);
+    agent.stop();
+}
+
+#[test]
+fn healthz_is_503_until_an_agent_on_its_pin_dir_is_attached() {
+    if !privileged("healthz_is_503_until_an_agent_on_its_pin_dir_is_attached") {
+        return;
+    }
+    let cg = Cgroup::new("toa-srv");
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", unique_name("toa-test", 40)));
+    let metrics =
+        toa::metrics::MetricsServer::start("127.0.0.1:0".parse().expect("addr"), toa::paths::PinDir::new(&pins))
+            .expect("metrics listener");
+    let port = metrics.addr().port();
+    assert_eq!(http_get(port, "/healthz"), ("HTTP/1.1 503 Service Unavailable".into(), "not attached yet\n".into()));
+    let mut cmd = command_in(None, None, TOA);
+    cmd.args(["agent", "--cgroup", &cg.path().to_string_lossy(), "--pin-dir", &pins.to_string_lossy()]);
+    cmd.args(["--metrics-listen", ""]);
+    let mut agent = spawn(cmd);
+    let wait = toa(&["status", "--wait", "--timeout", "60s", "--pin-dir", &pins.to_string_lossy()]);
+    assert!(wait.status.success(), "{}", String::from_utf8_lossy(&wait.stderr));
+    assert_eq!(http_get(port, "/healthz"), ("HTTP/1.1 200 OK".into(), "ok\n".into()));
+    assert!(agent.terminate().success());
+    assert_eq!(http_get(port, "/healthz").0, "HTTP/1.1 503 Service Unavailable", "stopped: not ready");
+}
