@@ -87,6 +87,7 @@ fn a_killed_agents_state_is_not_taken_for_readiness() {
     let detach = toa(&["detach", "--pin-dir", &pins]);
     assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
     let _ = std::fs::remove_file(&state);
+    let _ = std::fs::remove_file(toa::paths::PinDir::new(&pins).lock_file());
 }
 
 #[test]
