@@ -387,3 +387,25 @@ fn the_daemonset_manifest_grants_capabilities_mounts_bpffs_and_cgroup2_and_probe
     assert_eq!(mount_of("config"), "/etc/toa");
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_daemonset_manifest_validates_against_the_kubernetes_api_schemas() {
+    // kubernetes-validate (PyPI), strict, Kubernetes 1.25 and 1.37; offline once installed.
+    let out = run_in(None, None, &[&format!("{REPO}/scripts/validate-k8s")]);
+    ok(&out, "scripts/validate-k8s");
+    let log = String::from_utf8_lossy(&out.stdout);
+    for version in ["1.25", "1.37"] {
+        assert!(log.contains(&format!("passed for resource daemonset/toa against version {version}")), "{log}");
+    }
+    // The check can fail: an unknown field in the pod spec is refused.
+    let dir = std::env::temp_dir().join(unique_name("toa-k8s", 40));
+    fs::create_dir_all(&dir).expect("dir");
+    let text = fs::read_to_string(format!("{REPO}/packaging/k8s/toa-daemonset.yaml")).expect("the manifest");
+    let bad = dir.join("bad.yaml");
+    fs::write(&bad, text.replace("      hostNetwork: true\n", "      hostNetwork: true\n      hostNetworking: true\n"))
+        .expect("write");
+    let out = run_in(None, None, &[&format!("{REPO}/scripts/validate-k8s"), &bad.to_string_lossy()]);
+    assert!(!out.status.success(), "a misspelt field passes: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("'hostNetworking' was unexpected"));
+    let _ = fs::remove_dir_all(&dir);
+}
