@@ -35,6 +35,10 @@ use crate::process::{Spawned, command_in, spawn};
 /// The suite every container boots.
 pub const SUITE: &str = "bookworm";
 
+/// The packages of the tests' Debian (minbase plus these): systemd as init,
+/// and the tools the tests drive inside.
+pub const BASE_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "dbus", "iproute2", "python3", "curl"];
+
 /// How long a boot may take (to `multi-user.target`).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 

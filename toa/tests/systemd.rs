@@ -27,9 +27,6 @@ use integration_test::{
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
-/// The packages of the container's Debian (minbase plus these).
-const PACKAGES: &[&str] = &["systemd", "systemd-sysv", "dbus", "iproute2", "python3", "curl"];
-
 /// The client address the host-side writer puts into the option.
 const REAL_CLIENT: &str = "203.0.113.7";
 
@@ -144,7 +141,10 @@ struct Lab {
 impl Lab {
     fn boot() -> Lab {
         require_tools();
-        let rootfs = container::debian_rootfs(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("containers"), PACKAGES);
+        let rootfs = container::debian_rootfs(
+            &Path::new(env!("CARGO_TARGET_TMPDIR")).join("containers"),
+            container::BASE_PACKAGES,
+        );
         let pair = Pair::new("toa-sd");
         let bpf = BpfDir::new();
         let opts = Boot {
