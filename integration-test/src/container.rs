@@ -50,6 +50,18 @@ pub fn step(what: &str) {
     eprintln!("container: {what}");
 }
 
+/// A command line as a step shows it: inline scripts (arguments with a
+/// newline) are shortened to their first line.
+pub fn shown(args: &[&str]) -> String {
+    args.iter()
+        .map(|a| match a.trim_start().split_once('\n') {
+            Some((first, _)) => format!("'{first}…'"),
+            None => a.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// FNV-1a, 64 bits: a stable key for the cache (no dependency, same on every machine).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
@@ -368,7 +380,7 @@ impl Container {
 
     /// Runs a command inside, prints it as a step, and panics unless it succeeds; returns stdout.
     pub fn run(&self, args: &[&str]) -> String {
-        step(&format!("[{}] # {}", self.name, args.join(" ")));
+        step(&format!("[{}] # {}", self.name, shown(args)));
         let out = self.exec(args);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(

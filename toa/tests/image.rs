@@ -105,7 +105,7 @@ impl Ctr {
         let mut full = podman(&["run", "--rm", "--name", &name]);
         full.extend(ulimits());
         full.extend(args.iter().cloned());
-        step(&format!("host # {}", full.join(" ")));
+        step(&format!("host # {}", container::shown(&full.iter().map(String::as_str).collect::<Vec<_>>())));
         let mut cmd = command_in(None, None, &full[0]);
         cmd.args(&full[1..]);
         Ctr { name, proc: Some(spawn(cmd)) }
