@@ -4,6 +4,7 @@
 pub mod doctor;
 pub mod metrics;
 pub mod readiness;
+pub mod save_syn;
 pub mod sniff;
 pub(crate) mod sockdiag;
 pub mod stats;

@@ -246,6 +246,11 @@ impl Agent {
         &self.config
     }
 
+    /// The loaded object (for programs run beside the attached ones).
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// The attached programs.
     pub fn programs(&self) -> impl Iterator<Item = &'static ProgramSpec> + '_ {
         self.config.programs().filter(|s| !self.unavailable.contains(&s.name))
