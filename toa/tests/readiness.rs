@@ -15,7 +15,7 @@ use common::{Lab, READY, TOA, attached_to, privileged, start_injector, toa};
 use integration_test::{
     cgroup::Cgroup,
     netns::unique_name,
-    process::{Stream, command_in, spawn},
+    process::{Stream, command_in, run_in, spawn},
 };
 
 fn free_port() -> u16 {
@@ -128,4 +128,65 @@ fn healthz_is_503_until_an_agent_on_its_pin_dir_is_attached() {
     assert_eq!(http_get(port, "/healthz"), ("HTTP/1.1 200 OK".into(), "ok\n".into()));
     assert!(agent.terminate().success());
     assert_eq!(http_get(port, "/healthz").0, "HTTP/1.1 503 Service Unavailable", "stopped: not ready");
+}
+
+#[test]
+fn a_listener_that_predates_the_agent_gets_its_syn_captured_too() {
+    if !privileged("a_listener_that_predates_the_agent_gets_its_syn_captured_too") {
+        return;
+    }
+    let lab = Lab::new();
+    // Listening before the agent exists: no TCP_LISTEN_CB will ever run for it.
+    let mut server = lab.peer_server("0.0.0.0", 9000, "each");
+    let mut agent = common::AgentProc::start(lab.srv_cg.path(), &["--capture-syn", "--no-capture-data"]);
+    let line = agent.proc.wait_for_line(Stream::Stderr, |l| l.contains("TCP_SAVE_SYN set on the listeners"), READY);
+    assert!(line.contains("listeners=1"), "{line}");
+    let _inject = start_injector(lab.cli_cg.path(), &["--addr", "203.0.113.7:4242", "--packets", "syn"]);
+    let _ = lab.client(&["curl", "-s", "--max-time", "5", "http://192.0.2.2:9000/"]);
+    let line = server.wait_for_line(Stream::Stdout, |l| l.starts_with("accept="), READY);
+    assert_eq!(line, "accept=203.0.113.7:4242 getpeername=203.0.113.7:4242");
+    assert_eq!(agent.counter("toa_from_syn"), 1);
+    assert_eq!(agent.counter("toa_syn_unavailable"), 0);
+    agent.stop();
+}
+
+#[test]
+fn with_the_units_capabilities_only_the_agents_own_namespace_is_walked() {
+    if !privileged("with_the_units_capabilities_only_the_agents_own_namespace_is_walked") {
+        return;
+    }
+    let lab = Lab::new();
+    // Two listeners before the agent: one in another network namespace, one in the agent's own.
+    let mut elsewhere = lab.peer_server("0.0.0.0", 9000, "each");
+    let port = free_port();
+    let mut cmd = command_in(None, Some(lab.srv_cg.path()), "python3");
+    cmd.args(["-u", "-c", common::PEER_SERVER, "127.0.0.1", &port.to_string(), "each"]);
+    let mut here = spawn(cmd);
+    here.wait_for_line(Stream::Stdout, |l| l == "listening", READY);
+    // The unit's capabilities: no CAP_SYS_ADMIN, so no setns into other namespaces.
+    let pins = format!("/sys/fs/bpf/{}", unique_name("toa-test", 40));
+    let mut cmd = command_in(None, None, "setpriv");
+    cmd.args(["--inh-caps=-all", "--bounding-set=-all,+bpf,+perfmon,+net_admin", TOA, "agent"]);
+    cmd.args(["--cgroup", &lab.srv_cg.path().to_string_lossy(), "--pin-dir", &pins, "--metrics-listen", ""]);
+    cmd.args(["--capture-syn", "--no-capture-data"]);
+    let mut agent = spawn(cmd);
+    let wait = toa(&["status", "--wait", "--timeout", "60s", "--pin-dir", &pins]);
+    assert!(
+        wait.status.success(),
+        "{}: {:?}",
+        String::from_utf8_lossy(&wait.stderr),
+        agent.lines_so_far(Stream::Stderr)
+    );
+    let line = agent.wait_for_line(Stream::Stderr, |l| l.contains("TCP_SAVE_SYN set on the listeners"), READY);
+    assert!(line.contains("listeners=1") && line.contains("namespaces=1"), "{line}");
+    agent.wait_for_line(Stream::Stderr, |l| l.contains("could not be opened (it takes CAP_SYS_PTRACE)"), READY);
+    let _inject = start_injector(lab.cli_cg.path(), &["--addr", "203.0.113.7:4242", "--packets", "syn"]);
+    let _ =
+        run_in(None, Some(lab.cli_cg.path()), &["curl", "-s", "--max-time", "5", &format!("http://127.0.0.1:{port}/")]);
+    let line = here.wait_for_line(Stream::Stdout, |l| l.starts_with("accept="), READY);
+    assert_eq!(line, "accept=203.0.113.7:4242 getpeername=203.0.113.7:4242", "own namespace: walked");
+    let _ = lab.client(&["curl", "-s", "--max-time", "5", "http://192.0.2.2:9000/"]);
+    let line = elsewhere.wait_for_line(Stream::Stdout, |l| l.starts_with("accept="), READY);
+    assert!(line.starts_with("accept=192.0.2.1:"), "another namespace, not entered: the SYN was not kept: {line}");
+    assert!(agent.terminate().success());
 }
