@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Lab, READY, TOA, attached_to, privileged, start_injector, toa};
+use common::{Lab, READY, TOA, attached_to, require_root, start_injector, toa};
 use integration_test::{
     cgroup::Cgroup,
     netns::unique_name,
@@ -35,10 +35,9 @@ fn http_get(port: u16, path: &str) -> (String, String) {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn status_wait_returns_once_every_program_is_attached_and_healthz_agrees() {
-    if !privileged("status_wait_returns_once_every_program_is_attached_and_healthz_agrees") {
-        return;
-    }
+    require_root();
     let cg = Cgroup::new("toa-srv");
     let pins = format!("/sys/fs/bpf/{}", unique_name("toa-test", 40));
     let port = free_port();
@@ -67,10 +66,9 @@ fn status_wait_returns_once_every_program_is_attached_and_healthz_agrees() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn a_killed_agents_state_is_not_taken_for_readiness() {
-    if !privileged("a_killed_agents_state_is_not_taken_for_readiness") {
-        return;
-    }
+    require_root();
     let cg = Cgroup::new("toa-srv");
     let agent = common::AgentProc::start(cg.path(), &[]);
     let pins = agent.pins.to_string_lossy().into_owned();
@@ -91,10 +89,9 @@ fn a_killed_agents_state_is_not_taken_for_readiness() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn a_listener_opened_right_after_status_wait_gets_its_syn_captured() {
-    if !privileged("a_listener_opened_right_after_status_wait_gets_its_syn_captured") {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     // AgentProc::start returns after `toa status --wait`.
     let agent = common::AgentProc::start(lab.srv_cg.path(), &["--capture-syn", "--no-capture-data"]);
@@ -108,10 +105,9 @@ fn a_listener_opened_right_after_status_wait_gets_its_syn_captured() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn healthz_is_503_until_an_agent_on_its_pin_dir_is_attached() {
-    if !privileged("healthz_is_503_until_an_agent_on_its_pin_dir_is_attached") {
-        return;
-    }
+    require_root();
     let cg = Cgroup::new("toa-srv");
     let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", unique_name("toa-test", 40)));
     let metrics =
@@ -131,10 +127,9 @@ fn healthz_is_503_until_an_agent_on_its_pin_dir_is_attached() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn a_listener_that_predates_the_agent_gets_its_syn_captured_too() {
-    if !privileged("a_listener_that_predates_the_agent_gets_its_syn_captured_too") {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     // Listening before the agent exists: no TCP_LISTEN_CB will ever run for it.
     let mut server = lab.peer_server("0.0.0.0", 9000, "each");
@@ -151,10 +146,9 @@ fn a_listener_that_predates_the_agent_gets_its_syn_captured_too() {
 }
 
 #[test]
+#[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn with_the_units_capabilities_only_the_agents_own_namespace_is_walked() {
-    if !privileged("with_the_units_capabilities_only_the_agents_own_namespace_is_walked") {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     // Two listeners before the agent: one in another network namespace, one in the agent's own.
     let mut elsewhere = lab.peer_server("0.0.0.0", 9000, "each");

@@ -17,7 +17,7 @@ use std::{
     sync::OnceLock,
 };
 
-use common::{READY, privileged, start_injector};
+use common::{READY, require_root, start_injector};
 use integration_test::{
     cgroup::Cgroup,
     container::{self, Boot, Container, step},
@@ -232,10 +232,9 @@ fn peer_of(line: &str) -> &str {
 }
 
 #[test]
+#[ignore = "needs root: systemd-nspawn, BPF, network namespaces, cgroups"]
 fn the_package_under_systemd_starts_ready_reloads_restarts_without_a_gap_stops_and_purges_clean() {
-    if !privileged("the_package_under_systemd_starts_ready_reloads_restarts_without_a_gap_stops_and_purges_clean") {
-        return;
-    }
+    require_root();
     let lab = Lab::boot();
     let ct = &lab.ct;
     lab.install();
@@ -351,10 +350,9 @@ fn time_of(line: &str) -> f64 {
 }
 
 #[test]
+#[ignore = "needs root: systemd-nspawn, BPF, network namespaces, cgroups"]
 fn proxy_template_instances_run_side_by_side_and_the_backend_sees_the_client() {
-    if !privileged("proxy_template_instances_run_side_by_side_and_the_backend_sees_the_client") {
-        return;
-    }
+    require_root();
     let lab = Lab::boot();
     let ct = &lab.ct;
     lab.install();
