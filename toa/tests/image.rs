@@ -343,7 +343,11 @@ fn the_image_runs_as_the_daemonset_declares_and_translates_host_and_container_se
     config.insert("pin_dir".into(), pin_dir.clone().into());
     config.insert("metrics_listen".into(), format!("127.0.0.1:{port}").into());
     fs::write(config_dir.join("toa.toml"), toml::to_string(&config).expect("TOML")).expect("write the config");
-    assert_eq!(spec.image, "localhost/toa:0.1.0", "the manifest names the image scripts/image tags");
+    assert_eq!(
+        spec.image,
+        concat!("localhost/toa:", env!("CARGO_PKG_VERSION")),
+        "the manifest names the image scripts/image tags"
+    );
 
     let agent_args = |extra: &[&str]| -> Vec<String> {
         let mut a = vec![format!("--cgroup-parent=/{agent_cg_name}")];

@@ -18,6 +18,27 @@ use integration_test::{
     process::{Stream, command_in, run_in, spawn},
 };
 
+/// A pin directory for an agent the test starts itself: whatever a failed
+/// run left attached, and the agent's lock and state files, go on drop.
+struct Pins(String);
+
+impl Pins {
+    fn new() -> Pins {
+        Pins(format!("/sys/fs/bpf/{}", unique_name("toa-test", 40)))
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if std::path::Path::new(&self.0).exists() {
+            let _ = toa(&["detach", "--pin-dir", &self.0]);
+        }
+        let dir = toa::paths::PinDir::new(&self.0);
+        let _ = std::fs::remove_file(toa::readiness::state_file(&dir));
+        let _ = std::fs::remove_file(dir.lock_file());
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
@@ -39,7 +60,8 @@ fn http_get(port: u16, path: &str) -> (String, String) {
 fn status_wait_returns_once_every_program_is_attached_and_healthz_agrees() {
     require_root();
     let cg = Cgroup::new("toa-srv");
-    let pins = format!("/sys/fs/bpf/{}", unique_name("toa-test", 40));
+    let guard = Pins::new();
+    let pins = guard.0.clone();
     let port = free_port();
     let mut cmd = command_in(None, None, TOA);
     cmd.args(["agent", "--cgroup", &cg.path().to_string_lossy(), "--pin-dir", &pins]);
@@ -109,7 +131,8 @@ fn a_listener_opened_right_after_status_wait_gets_its_syn_captured() {
 fn healthz_is_503_until_an_agent_on_its_pin_dir_is_attached() {
     require_root();
     let cg = Cgroup::new("toa-srv");
-    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", unique_name("toa-test", 40)));
+    let guard = Pins::new();
+    let pins = std::path::PathBuf::from(&guard.0);
     let metrics =
         toa::metrics::MetricsServer::start("127.0.0.1:0".parse().expect("addr"), toa::paths::PinDir::new(&pins))
             .expect("metrics listener");
@@ -158,7 +181,8 @@ fn with_the_units_capabilities_only_the_agents_own_namespace_is_walked() {
     let mut here = spawn(cmd);
     here.wait_for_line(Stream::Stdout, |l| l == "listening", READY);
     // The unit's capabilities: no CAP_SYS_ADMIN, so no setns into other namespaces.
-    let pins = format!("/sys/fs/bpf/{}", unique_name("toa-test", 40));
+    let guard = Pins::new();
+    let pins = guard.0.clone();
     let mut cmd = command_in(None, None, "setpriv");
     cmd.args(["--inh-caps=-all", "--bounding-set=-all,+bpf,+perfmon,+net_admin", TOA, "agent"]);
     cmd.args(["--cgroup", &lab.srv_cg.path().to_string_lossy(), "--pin-dir", &pins, "--metrics-listen", ""]);
