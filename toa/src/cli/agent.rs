@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use toa::{
     config::{Config, Prefix},
-    ops::{metrics::MetricsServer, readiness::StateFile, watch::ConnectionLog},
+    ops::{metrics::MetricsServer, readiness::StateFile, save_syn, watch::ConnectionLog},
     receiver::agent::{Agent, AgentConfig},
     sys::{notify::Notifier, service, signals::TerminationSignals},
 };
@@ -106,6 +106,10 @@ pub fn run(args: AgentArgs) -> Result<()> {
         None => None,
     };
     let mut agent = Agent::start(&settings)?;
+    // capture_syn: listeners that predate the agent keep their SYNs too.
+    if settings.capture_syn {
+        save_syn::on_existing_listeners(&mut agent);
+    }
     let mut state = match StateFile::attached(&settings.pins) {
         Ok(s) => s,
         Err(e) => {
@@ -135,6 +139,9 @@ pub fn run(args: AgentArgs) -> Result<()> {
             let error = match outcome {
                 Ok(()) => {
                     tracing::info!("configuration re-applied");
+                    if agent.config().capture_syn {
+                        save_syn::on_existing_listeners(&mut agent);
+                    }
                     None
                 }
                 Err(e) => {

@@ -233,9 +233,6 @@ impl Agent {
         }
         self.config = config.clone();
         self.scopes = scopes;
-        if config.capture_syn {
-            crate::save_syn::on_existing_listeners(&mut self.ebpf, &self.scopes, &config.ports);
-        }
         Ok(())
     }
 
