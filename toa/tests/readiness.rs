@@ -33,8 +33,8 @@ impl Drop for Pins {
         if std::path::Path::new(&self.0).exists() {
             let _ = toa(&["detach", "--pin-dir", &self.0]);
         }
-        let dir = toa::paths::PinDir::new(&self.0);
-        let _ = std::fs::remove_file(toa::readiness::state_file(&dir));
+        let dir = toa::sys::paths::PinDir::new(&self.0);
+        let _ = std::fs::remove_file(toa::ops::readiness::state_file(&dir));
         let _ = std::fs::remove_file(dir.lock_file());
     }
 }
@@ -94,7 +94,7 @@ fn a_killed_agents_state_is_not_taken_for_readiness() {
     let cg = Cgroup::new("toa-srv");
     let agent = common::AgentProc::start(cg.path(), &[]);
     let pins = agent.pins.to_string_lossy().into_owned();
-    let state = toa::readiness::state_file(&toa::paths::PinDir::new(&agent.pins));
+    let state = toa::ops::readiness::state_file(&toa::sys::paths::PinDir::new(&agent.pins));
     assert!(state.exists(), "{}", state.display());
     let mut agent = agent;
     // SIGKILL: no cleanup, the state file stays behind, the lock goes with the process.
@@ -107,7 +107,7 @@ fn a_killed_agents_state_is_not_taken_for_readiness() {
     let detach = toa(&["detach", "--pin-dir", &pins]);
     assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
     let _ = std::fs::remove_file(&state);
-    let _ = std::fs::remove_file(toa::paths::PinDir::new(&pins).lock_file());
+    let _ = std::fs::remove_file(toa::sys::paths::PinDir::new(&pins).lock_file());
 }
 
 #[test]
@@ -133,9 +133,11 @@ fn healthz_is_503_until_an_agent_on_its_pin_dir_is_attached() {
     let cg = Cgroup::new("toa-srv");
     let guard = Pins::new();
     let pins = std::path::PathBuf::from(&guard.0);
-    let metrics =
-        toa::metrics::MetricsServer::start("127.0.0.1:0".parse().expect("addr"), toa::paths::PinDir::new(&pins))
-            .expect("metrics listener");
+    let metrics = toa::ops::metrics::MetricsServer::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        toa::sys::paths::PinDir::new(&pins),
+    )
+    .expect("metrics listener");
     let port = metrics.addr().port();
     assert_eq!(http_get(port, "/healthz"), ("HTTP/1.1 503 Service Unavailable".into(), "not attached yet\n".into()));
     let mut cmd = command_in(None, None, TOA);
