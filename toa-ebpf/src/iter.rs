@@ -61,7 +61,7 @@ pub fn on_socket(ctx: *const IterTcp) {
     // SAFETY: helper call on a socket pointer the verifier accepts.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     // SAFETY: the value is only tested for presence, never read.
-    if unsafe { TOA_SAVE_SYN_LISTENERS.get(&cookie) }.is_none() {
+    if unsafe { TOA_SAVE_SYN_LISTENERS.get(cookie) }.is_none() {
         return;
     }
     let mut on: i32 = 1;
