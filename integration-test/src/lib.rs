@@ -9,6 +9,7 @@
 //! fails instead of passing. `./scripts/test` runs them all as root.
 
 pub mod cgroup;
+pub mod container;
 pub mod netns;
 pub mod packet;
 pub mod process;

@@ -33,6 +33,8 @@ pub mod programs {
     pub const GETSOCKOPT: &str = "toa_getsockopt";
     /// sock_ops: writes the option on active (client-side) connections.
     pub const INJECT: &str = "toa_inject";
+    /// iter/tcp: sets TCP_SAVE_SYN on listeners created before the agent started.
+    pub const SAVE_SYN: &str = "toa_save_syn";
 }
 
 /// Names of the maps in the eBPF object.

@@ -6,6 +6,7 @@
 //!   to `getpeername()` and `accept()`.
 //! - `toa_getsockopt` (cgroup/getsockopt): answers the vendor calls
 //!   (`IPPROTO_IP` 1348 vtoa, 4096 NAT64 lookup).
+//! - `toa_save_syn` (iter/tcp): `TCP_SAVE_SYN` on listeners that predate the agent.
 //! - `toa_inject` (sock_ops): the client-side writer a forwarder drives.
 //!
 //! Entry points are one-liners; the logic lives in one module per hook and the
@@ -24,6 +25,8 @@ mod capture;
 mod counters;
 #[cfg(target_arch = "bpf")]
 mod inject;
+#[cfg(target_arch = "bpf")]
+mod iter;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
@@ -75,6 +78,14 @@ mod entry {
     pub fn toa_getsockopt(ctx: SockoptContext) -> i32 {
         sockopt::getsockopt(&ctx);
         ALLOW
+    }
+
+    /// iter/tcp: `TCP_SAVE_SYN` on listeners that predate the agent.
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "iter/tcp")]
+    pub extern "C" fn toa_save_syn(ctx: *const crate::iter::IterTcp) -> i32 {
+        crate::iter::on_socket(ctx);
+        0
     }
 }
 

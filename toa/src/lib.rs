@@ -37,8 +37,13 @@
 //!   `table`, `sniff`, `doctor`, the metrics listener and the debug
 //!   connection log).
 //! - [`config`]: the file's schema and values, read by [`config::Config::load`].
-//! - [`sys::paths`] (the pin directory's layout, well-known paths) and
-//!   [`sys::signals`] (waiting for SIGINT/SIGTERM/SIGHUP).
+//! - [`sys::paths`] (the pin directory's layout, well-known paths),
+//!   [`sys::signals`] (waiting for SIGINT/SIGTERM/SIGHUP), [`sys::notify`]
+//!   (the systemd notification protocol) and [`sys::service`] (which unit
+//!   runs us, and whether systemd is restarting it).
+//! - [`ops::readiness`]: the agent's attached state and reload outcomes as
+//!   other processes see them (`toa status --wait`, `/healthz`, `toa reload`);
+//!   [`ops::save_syn`]: `TCP_SAVE_SYN` on listeners that predate the agent.
 //! - [`Error`] and [`Result`]: every library error, with
 //!   [`Error::is_usage`] telling a bad request from a failure.
 //!

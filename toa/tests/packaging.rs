@@ -96,6 +96,7 @@ fn the_deb_installs_enables_removes_and_purges_cleanly_in_a_scratch_root() {
     for path in [
         "usr/bin/toa",
         "lib/systemd/system/toa.service",
+        "lib/systemd/system/toa-proxy@.service",
         "etc/toa/toa.toml",
         "usr/share/man/man1/toa.1.gz",
         "usr/share/man/man1/toa-agent.1.gz",
@@ -227,12 +228,29 @@ fn the_systemd_unit_verifies() {
     let dir = std::env::temp_dir().join(unique_name("toa-unit", 40));
     fs::create_dir_all(&dir).expect("dir");
     let unit = unit_for_test(&dir);
-    let out = run_in(None, None, &["systemd-analyze", "verify", "--man=no", &unit.to_string_lossy()]);
+    let template = include_str!("../../packaging/systemd/toa-proxy@.service").replace("/usr/bin/toa", TOA);
+    fs::write(dir.join("toa-proxy@.service"), template).expect("writing the template");
+    // An instance of the template, found next to it.
+    let out = run_in(
+        None,
+        None,
+        &[
+            "systemd-analyze",
+            "verify",
+            "--man=no",
+            &unit.to_string_lossy(),
+            &format!("{}/toa-proxy@web.service", dir.display()),
+        ],
+    );
     // verify exits 0 on unknown keys and bad values too; it says so on stderr.
     ok(&out, "systemd-analyze verify");
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "", "systemd-analyze verify complains");
     assert_eq!(unit_value("ExecStart"), "/usr/bin/toa agent");
-    assert_eq!(unit_value("ExecReload"), "/bin/kill -HUP $MAINPID");
+    // Type=notify: started means attached. Reload needs nothing but toa itself
+    // (a minimal Debian has no /bin/kill: procps is not installed).
+    assert_eq!(unit_value("Type"), "notify");
+    assert_eq!(unit_value("ExecReload"), "/usr/bin/toa reload");
+    assert_eq!(unit_value("RuntimeDirectoryPreserve"), "yes", "/run/toa is shared with the proxy instances");
     assert_eq!(unit_value("Restart"), "on-failure");
     assert_eq!(unit_value("RuntimeDirectory"), "toa");
     assert_eq!(unit_value("CapabilityBoundingSet"), unit_value("AmbientCapabilities"));
@@ -367,5 +385,27 @@ fn the_daemonset_manifest_grants_capabilities_mounts_bpffs_and_cgroup2_and_probe
     let command: Vec<&str> = c["command"].as_vec().expect("command").iter().filter_map(Yaml::as_str).collect();
     assert_eq!(command, ["/usr/bin/toa", "agent", "--config", "/etc/toa/toa.toml"]);
     assert_eq!(mount_of("config"), "/etc/toa");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_daemonset_manifest_validates_against_the_kubernetes_api_schemas() {
+    // kubernetes-validate (PyPI), strict, Kubernetes 1.25 and 1.37; offline once installed.
+    let out = run_in(None, None, &[&format!("{REPO}/scripts/validate-k8s")]);
+    ok(&out, "scripts/validate-k8s");
+    let log = String::from_utf8_lossy(&out.stdout);
+    for version in ["1.25", "1.37"] {
+        assert!(log.contains(&format!("passed for resource daemonset/toa against version {version}")), "{log}");
+    }
+    // The check can fail: an unknown field in the pod spec is refused.
+    let dir = std::env::temp_dir().join(unique_name("toa-k8s", 40));
+    fs::create_dir_all(&dir).expect("dir");
+    let text = fs::read_to_string(format!("{REPO}/packaging/k8s/toa-daemonset.yaml")).expect("the manifest");
+    let bad = dir.join("bad.yaml");
+    fs::write(&bad, text.replace("      hostNetwork: true\n", "      hostNetwork: true\n      hostNetworking: true\n"))
+        .expect("write");
+    let out = run_in(None, None, &[&format!("{REPO}/scripts/validate-k8s"), &bad.to_string_lossy()]);
+    assert!(!out.status.success(), "a misspelt field passes: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("'hostNetworking' was unexpected"));
     let _ = fs::remove_dir_all(&dir);
 }

@@ -6,9 +6,9 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use toa::{
     config::{Config, Prefix},
-    ops::{metrics::MetricsServer, watch::ConnectionLog},
+    ops::{metrics::MetricsServer, readiness::StateFile, save_syn, watch::ConnectionLog},
     receiver::agent::{Agent, AgentConfig},
-    sys::signals::TerminationSignals,
+    sys::{notify::Notifier, service, signals::TerminationSignals},
 };
 use toa_common::Format;
 
@@ -89,40 +89,100 @@ fn agent_settings(args: &AgentArgs) -> Result<(Config, AgentConfig)> {
 pub fn run(args: AgentArgs) -> Result<()> {
     let signals = TerminationSignals::block().context("blocking SIGINT/SIGTERM/SIGHUP")?;
     let (file, settings) = agent_settings(&args)?;
-    let mut agent = Agent::start(&settings)?;
+    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "NOTIFY_SOCKET is unusable; systemd will not hear of readiness");
+        None
+    });
+    let notify = |what: &str, r: std::io::Result<()>| {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not notify systemd ({what})");
+        }
+    };
+    // Refuse a start without the privileges or with a wrong cgroup before binding anything.
+    Agent::preflight(&settings)?;
+    // Bound before attaching: /healthz answers 503 until the programs are attached.
     let metrics = match file.metrics_listen.0 {
-        Some(addr) => match MetricsServer::start(addr, settings.pins.clone()) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                // Nothing half-attached: undo the start before reporting.
-                let _ = agent.stop();
-                return Err(e.into());
-            }
-        },
+        Some(addr) => Some(MetricsServer::start(addr, settings.pins.clone())?),
         None => None,
+    };
+    let mut agent = Agent::start(&settings)?;
+    // capture_syn: listeners that predate the agent keep their SYNs too.
+    if settings.capture_syn {
+        save_syn::on_existing_listeners(&mut agent);
+    }
+    let mut state = match StateFile::attached(&settings.pins) {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing half-attached: undo the start before reporting.
+            let _ = agent.stop();
+            return Err(e.into());
+        }
     };
     // RUST_LOG=debug: log each connection that gets a real client (polls `toa table`'s source).
     let connlog = ConnectionLog::start_if_debug(settings.pins.clone());
     for spec in agent.programs() {
         tracing::info!(program = spec.name, hook = spec.hook.attach_type(), "{}", spec.role);
     }
+    if let Some(m) = &metrics {
+        tracing::info!(addr = %m.addr(), "metrics on /metrics, health on /healthz");
+    }
+    if let Some(n) = &notifier {
+        notify("READY=1", n.ready(&attached_status(&agent)));
+    }
     loop {
         let sig = signals.wait().context("waiting for a signal")?;
         if sig == libc::SIGHUP {
-            match agent_settings(&args) {
-                Ok((_, new)) => match agent.apply(&new) {
-                    Ok(()) => tracing::info!("configuration re-applied"),
-                    Err(e) => tracing::error!(error = %e, "configuration not applied; the previous one stays"),
-                },
-                Err(e) => tracing::error!(error = %e, "configuration not applied; the previous one stays"),
+            if let Some(n) = &notifier {
+                notify("RELOADING=1", n.reloading());
+            }
+            let outcome = agent_settings(&args).and_then(|(_, new)| Ok(agent.apply(&new)?));
+            let error = match outcome {
+                Ok(()) => {
+                    tracing::info!("configuration re-applied");
+                    if agent.config().capture_syn {
+                        save_syn::on_existing_listeners(&mut agent);
+                    }
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "configuration not applied; the previous one stays");
+                    Some(format!("{e:#}"))
+                }
+            };
+            if let Err(e) = state.reloaded(error) {
+                tracing::warn!(error = %e, "could not record the reload's outcome");
+            }
+            if let Some(n) = &notifier {
+                notify("READY=1", n.ready(&attached_status(&agent)));
             }
             continue;
         }
         tracing::info!(signal = sig, "stopping");
         break;
     }
+    // A restart job (systemctl restart): leave everything attached for the next agent.
+    let restart = !agent.config().persist && service::restart_queued();
+    if let Some(n) = &notifier {
+        let what = if restart { "restarting: programs stay attached" } else { "stopping" };
+        notify("STOPPING=1", n.stopping(what));
+    }
+    drop(state);
     drop(connlog);
     drop(metrics);
-    agent.stop()?;
+    if restart {
+        tracing::info!("systemd restarts the agent: programs stay attached for the next one");
+        agent.stop_attached()?;
+    } else {
+        agent.stop()?;
+    }
+    if let Some(n) = &notifier {
+        notify("BARRIER=1", n.barrier(std::time::Duration::from_secs(5)));
+    }
     Ok(())
+}
+
+/// The status line systemd shows for a ready agent.
+fn attached_status(agent: &Agent) -> String {
+    let cgroups: Vec<String> = agent.scopes().iter().map(|s| s.path.display().to_string()).collect();
+    format!("translating: {} programs attached to {}", agent.programs().count(), cgroups.join(", "))
 }

@@ -11,6 +11,7 @@ mod doctor;
 mod inject;
 mod man;
 mod proxy;
+mod reload;
 mod sniff;
 mod stats;
 mod status;
@@ -40,6 +41,11 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Show what is attached and pinned, kernel facts and a counter summary.
     Status(status::StatusArgs),
+    /// Make the running agent re-read its configuration (SIGHUP) and report whether it applied.
+    ///
+    /// Exits 0 once the new configuration is in force, 1 when the agent refused
+    /// it (the previous one stays; the reason is printed) or does not answer.
+    Reload(reload::ReloadArgs),
     /// List the live connections that carry a real client (like /proc/net/toa_table).
     ///
     /// Reads each TCP socket's stored address through the kernel's socket
@@ -71,6 +77,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Agent(args) => agent::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Status(args) => status::run(args),
+        Command::Reload(args) => reload::run(args),
         Command::Table(args) => table::run(args),
         Command::Sniff(args) => sniff::run(args),
         Command::Doctor(args) => doctor::run(args),

@@ -2,7 +2,10 @@
 
 use anyhow::Result;
 use clap::Args;
-use toa::ops::status::Status;
+use toa::{
+    config::Duration,
+    ops::{readiness, status::Status},
+};
 
 use super::args::PinArgs;
 
@@ -11,12 +14,23 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// First wait until an agent on the pin directory has every program attached
+    /// (new connections are translated from then on); exit 1 on timeout.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits (e.g. 30s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "30s", requires = "wait")]
+    timeout: Duration,
     #[command(flatten)]
     pins: PinArgs,
 }
 
 pub fn run(args: StatusArgs) -> Result<()> {
-    let status = Status::read(&args.pins.resolve()?);
+    let pins = args.pins.resolve()?;
+    if args.wait {
+        readiness::wait_attached(&pins, args.timeout.0)?;
+    }
+    let status = Status::read(&pins);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

@@ -63,6 +63,7 @@ fn render(snapshot: &Snapshot) -> String {
 
 /// A running metrics listener.
 pub struct MetricsServer {
+    addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -93,8 +94,12 @@ impl MetricsServer {
                 }
             })
             .map_err(Error::io("starting", "metrics thread"))?;
-        tracing::info!(%addr, "metrics on /metrics, health on /healthz");
-        Ok(MetricsServer { stop, thread: Some(thread) })
+        Ok(MetricsServer { addr, stop, thread: Some(thread) })
+    }
+
+    /// The bound address (the port chosen when `addr` asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 }
 
@@ -124,10 +129,9 @@ fn serve(mut stream: TcpStream, pins: &PinDir) -> std::io::Result<()> {
             Ok(s) => ("200 OK", "text/plain; version=0.0.4", render(&s)),
             Err(e) => ("503 Service Unavailable", "text/plain", format!("{e}\n")),
         },
-        "/healthz" => match Snapshot::read_pinned(pins) {
-            Ok(_) => ("200 OK", "text/plain", "ok\n".to_string()),
-            Err(e) => ("503 Service Unavailable", "text/plain", format!("{e}\n")),
-        },
+        // Ready only once every program is attached (the counters are pinned earlier).
+        "/healthz" if super::readiness::attached(pins) => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/healthz" => ("503 Service Unavailable", "text/plain", "not attached yet\n".to_string()),
         _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
     };
     write!(

@@ -3,6 +3,8 @@
 
 pub mod doctor;
 pub mod metrics;
+pub mod readiness;
+pub mod save_syn;
 pub mod sniff;
 pub(crate) mod sockdiag;
 pub mod stats;

@@ -98,6 +98,8 @@ pub struct DiagSocket {
     pub inode: u32,
     /// The socket's cgroup v2 id, when the kernel reports it.
     pub cgroup_id: Option<u64>,
+    /// The socket's cookie (what `bpf_get_socket_cookie()` returns).
+    pub cookie: u64,
     /// (map id, value) for each requested socket-storage map holding a value for this socket.
     pub storages: Vec<(u32, Vec<u8>)>,
 }
@@ -319,6 +321,7 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
         uid: msg.uid,
         inode: msg.inode,
         cgroup_id: None,
+        cookie: u64::from(msg.id.cookie[0]) | (u64::from(msg.id.cookie[1]) << 32),
         storages: Vec::new(),
     };
     for (kind, value) in attrs(payload.get(align4(size_of::<InetDiagMsg>())..)?) {

@@ -217,6 +217,7 @@ mod tests {
             uid: 0,
             inode: 5,
             cgroup_id: Some(9),
+            cookie: 77,
             storages: vec![(3, storage)],
         }
     }

@@ -236,9 +236,38 @@ impl Agent {
         Ok(())
     }
 
+    /// The attached cgroups.
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// The loaded object (for programs run beside the attached ones).
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// The attached programs.
     pub fn programs(&self) -> impl Iterator<Item = &'static ProgramSpec> + '_ {
         self.config.programs().filter(|s| !self.unavailable.contains(&s.name))
+    }
+
+    /// The checks a start makes before touching anything: privileges and the
+    /// configured cgroups (so a caller can refuse early, with the same error).
+    pub fn preflight(config: &AgentConfig) -> Result<()> {
+        system::require_root()?;
+        resolve_scopes(&config.cgroups).map(drop)
+    }
+
+    /// Stops but leaves every program attached and pinned, whatever `persist`
+    /// says, for the next agent to adopt (a restart: no gap).
+    pub fn stop_attached(mut self) -> Result<()> {
+        self.config.persist = true;
+        self.stop()
     }
 
     /// Stops: detaches every program and removes every pin, unless the

@@ -198,7 +198,7 @@ pub(crate) fn query_effective(cgroup: impl AsFd, attach_type: u32) -> std::io::R
 }
 
 /// One line saying why a program did not load (the verifier's last words).
-fn summarize(text: &str) -> String {
+pub(crate) fn summarize(text: &str) -> String {
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     match lines.as_slice() {
         [] => String::new(),

@@ -20,6 +20,7 @@ const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ITER_CREATE: libc::c_long = 33;
 const BPF_F_QUERY_EFFECTIVE: u64 = 1;
 
 /// `enum bpf_attach_type` values toa attaches to or looks at.
@@ -32,6 +33,8 @@ pub mod attach {
     pub const INET4_GETPEERNAME: u32 = 29;
     /// `BPF_CGROUP_INET6_GETPEERNAME`.
     pub const INET6_GETPEERNAME: u32 = 30;
+    /// `BPF_TRACE_ITER`.
+    pub const TRACE_ITER: u32 = 28;
 }
 
 /// `union bpf_attr`, as 16 words; each command fills the fields it reads.
@@ -52,6 +55,26 @@ pub fn link_create(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: u3
     attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(target.as_raw_fd() as u32) << 32);
     attr[1] = u64::from(attach_type);
     let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_LINK_CREATE` of an iterator program (it has no target).
+pub fn iter_link_create(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut attr = Attr::default();
+    attr[0] = u64::from(prog.as_raw_fd() as u32);
+    attr[1] = u64::from(attach::TRACE_ITER);
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_ITER_CREATE`: a file whose reads run the iterator of `link`, over
+/// the network namespace of the calling thread (for socket iterators).
+pub fn iter_create(link: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut attr = Attr::default();
+    attr[0] = u64::from(link.as_raw_fd() as u32);
+    let fd = bpf(BPF_ITER_CREATE, &mut attr)?;
     // SAFETY: the kernel returned a new file descriptor we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

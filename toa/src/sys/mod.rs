@@ -5,6 +5,8 @@ pub(crate) mod bpf;
 pub(crate) mod host;
 pub(crate) mod net;
 pub(crate) mod netns;
+pub mod notify;
 pub mod paths;
+pub mod service;
 pub mod signals;
 pub(crate) mod time;

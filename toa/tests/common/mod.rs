@@ -51,8 +51,16 @@ impl AgentProc {
             cmd.args(["--metrics-listen", ""]);
         }
         cmd.args(extra);
-        let mut proc = spawn(cmd);
-        proc.wait_for_line(Stream::Stderr, |l| l.contains("agent ready"), READY);
+        let proc = spawn(cmd);
+        // The documented readiness signal: every program attached, not merely the counters pinned.
+        let pin_dir = pins.to_string_lossy().into_owned();
+        let wait = toa(&["status", "--wait", "--timeout", &format!("{}s", READY.as_secs()), "--pin-dir", &pin_dir]);
+        assert!(
+            wait.status.success(),
+            "the agent did not become ready: {}\nagent stderr: {:?}",
+            String::from_utf8_lossy(&wait.stderr).trim(),
+            proc.lines_so_far(Stream::Stderr)
+        );
         AgentProc { proc, pins }
     }
 

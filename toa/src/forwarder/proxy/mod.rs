@@ -133,6 +133,10 @@ pub fn run(settings: &Settings) -> Result<()> {
         stats = %settings.stats_socket.display(),
         "proxy ready"
     );
+    // Type=notify units (toa-proxy@.service): started means listening and forwarding.
+    if let Err(e) = crate::sys::notify::ready("forwarding") {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
     let sig = signals.wait().map_err(Error::io("waiting for a signal", "signals"))?;
     tracing::info!(signal = sig, "stopping");
     stop.store(true, Relaxed);
