@@ -64,7 +64,7 @@ enum Command {
     /// Runs in the foreground until SIGINT/SIGTERM; detaches on exit.
     Inject(inject::InjectArgs),
     /// Forward TCP connections to backends, inserting the client's address as a TOA option.
-    Proxy(proxy::ProxyArgs),
+    Proxy(Box<proxy::ProxyArgs>),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff); `--out-dir`: write toa.1 and a page per subcommand there.
@@ -84,7 +84,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Detach(args) => detach::run(args),
         Command::Config(args) => config::run(args),
         Command::Inject(args) => inject::run(args),
-        Command::Proxy(args) => proxy::run(args),
+        Command::Proxy(args) => proxy::run(*args),
         Command::Completions(args) => completions::run(args, Cli::command()),
         Command::Man(args) => man::run(args, Cli::command()),
     }
