@@ -202,14 +202,26 @@ fn sighup_adds_a_listener_and_removes_a_backend_while_a_transfer_through_it_cont
     assert_eq!(stats["resets"], 0, "{stats}");
     assert_eq!(stats["connections_total"], 7, "{stats}");
 
-    // A file that does not parse changes nothing.
+    // A file that does not parse changes nothing; `toa reload` waits for the verdict and gives the reason.
     file.rewrite(b"[proxy]\nworkers = \"many\"\n");
-    proxy.signal(libc::SIGHUP);
+    let socket = proxy.socket.to_str().expect("utf-8").to_string();
+    let out = toa(&["reload", "--proxy-socket", &socket]);
+    let lines = stderr_lines(&out);
+    assert_eq!(out.status.code(), Some(1), "{lines:?}");
+    assert!(lines.len() == 1 && lines[0].contains("refused") && lines[0].contains("workers"), "{lines:?}");
     let line = proxy.proc.wait_for_line(Stream::Stderr, |l| l.contains("not applied"), READY);
     assert!(line.contains("workers") && line.contains("ERROR"), "{line}");
     assert_eq!(listeners(&proxy.stats()), [format!("{TOPO_LB4}:7601"), format!("{TOPO_LB4}:7602")]);
     assert_eq!(proxy.stats()["reload_failures"], 1);
     assert_eq!(connect_once(&topo, 7602), "closed", "still forwarding (the SHA server closes on a short header)");
+    // A good file again: the listener removed before comes back.
+    file.rewrite(config(&[(7601, &[9601]), (7602, &[9601]), (7603, &[9601])]).as_bytes());
+    let out = toa(&["reload", "--proxy-socket", &socket]);
+    assert!(out.status.success(), "{:?}", stderr_lines(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration re-applied"));
+    assert_eq!(connect_once(&topo, 7603), "closed", "forwarding on the address it had before");
+    let stats = proxy.stats();
+    assert_eq!((stats["reloads"].as_u64(), stats.get("last_reload_error")), (Some(2), None), "{stats}");
 }
 
 #[test]

@@ -41,10 +41,10 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Show what is attached and pinned, kernel facts and a counter summary.
     Status(status::StatusArgs),
-    /// Make the running agent re-read its configuration (SIGHUP) and report whether it applied.
+    /// Make the running agent (or, with --proxy, a `toa proxy`) re-read its configuration (SIGHUP) and report whether it applied.
     ///
-    /// Exits 0 once the new configuration is in force, 1 when the agent refused
-    /// it (the previous one stays; the reason is printed) or does not answer.
+    /// Exits 0 once the new configuration is in force, 1 when it was refused
+    /// (the previous one stays; the reason is printed) or nothing answers.
     Reload(reload::ReloadArgs),
     /// List the live connections that carry a real client (like /proc/net/toa_table).
     ///

@@ -17,6 +17,7 @@
 //! timeout, the rest are reset then; a second SIGTERM or SIGINT stops at once.
 
 mod conn;
+pub mod control;
 mod counts;
 mod engine;
 mod fds;
@@ -132,6 +133,7 @@ fn apply(shared: &Shared, threads: &Threads, current: &mut Settings, next: Setti
     let replaced = shared.publish(listeners.clone());
     threads.wake();
     reload::close_removed(&replaced, &listeners);
+    shared.set_reload_error(None);
     shared.reloads.fetch_add(1, Relaxed);
     if !fixed.is_empty() {
         tracing::warn!(keys = %fixed.join(", "), "these settings take effect at the next start; the rest was applied");
@@ -149,6 +151,7 @@ fn apply(shared: &Shared, threads: &Threads, current: &mut Settings, next: Setti
 
 /// A reload that changes nothing: counted, and its reason kept for `toa reload`.
 fn refused(shared: &Shared, e: &Error) {
+    shared.set_reload_error(Some(e.to_string()));
     shared.reload_failures.fetch_add(1, Relaxed);
     tracing::error!("configuration not applied; the previous one stays: {e}");
 }

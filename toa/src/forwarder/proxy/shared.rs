@@ -61,6 +61,8 @@ pub struct Shared {
     pub reload_failures: AtomicU64,
     /// Set once SIGTERM arrived: no listener is left, open connections finish.
     pub draining: AtomicBool,
+    /// Why the last reload was refused (none once one is applied).
+    last_reload_error: Mutex<Option<String>>,
     layout: RwLock<Arc<Layout>>,
     generation: AtomicU64,
     injector: Mutex<Injector>,
@@ -84,6 +86,7 @@ impl Shared {
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            last_reload_error: Mutex::new(None),
             layout: RwLock::new(Arc::new(Layout { generation: 0, listeners })),
             generation: AtomicU64::new(0),
             injector: Mutex::new(injector),
@@ -108,6 +111,18 @@ impl Shared {
         let next = Arc::new(Layout { generation: guard.generation + 1, listeners });
         self.generation.store(next.generation, Relaxed);
         std::mem::replace(&mut *guard, next)
+    }
+
+    /// Records why the last reload was refused (`None`: it was applied).
+    ///
+    /// Set before the reload is counted, so that whoever sees the count sees the reason.
+    pub fn set_reload_error(&self, error: Option<String>) {
+        *self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+
+    /// Why the last reload was refused, if it was.
+    pub fn last_reload_error(&self) -> Option<String> {
+        self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Adds `n` to a counter of `listener` and of the proxy.

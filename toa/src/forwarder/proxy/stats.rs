@@ -78,6 +78,9 @@ pub struct ProxyStats {
     pub reloads: u64,
     /// Reloads refused (the previous configuration stayed).
     pub reload_failures: u64,
+    /// Why the last reload was refused (none once one is applied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reload_error: Option<String>,
     /// The connection counters of every listener, also of listeners a
     /// reload removed.
     #[serde(flatten)]
@@ -124,6 +127,7 @@ pub(crate) fn snapshot(shared: &Shared, socket: &Path) -> ProxyStats {
         draining: shared.draining.load(Relaxed),
         reloads: shared.reloads.load(Relaxed),
         reload_failures: shared.reload_failures.load(Relaxed),
+        last_reload_error: shared.last_reload_error(),
         counts: shared.totals.load(),
         options_inserted,
         options_no_room,
@@ -268,6 +272,7 @@ mod tests {
             draining: false,
             reloads: 2,
             reload_failures: 1,
+            last_reload_error: Some("t.toml, line 2: bad".into()),
             counts: Counts { connections_active: 1, connections_total: 5, fd_exhausted: 3, ..Counts::default() },
             options_inserted: 9,
             options_no_room: 0,
