@@ -381,6 +381,7 @@ fn out_of_descriptors_the_healthy_backend_is_not_blamed_and_the_proxy_recovers()
     let started = Instant::now();
     let mut clients = topo.client_with_stdin(&["python3", "-u", "-c", MANY_CLIENTS, TOPO_LB4, "7631", "1500"]);
     let holding = clients.wait_for_line(Stream::Stdout, |l| l.starts_with("holding "), READY);
+    assert!(holding.ends_with(" reset=0"), "no client is accepted only to be reset: {holding}");
     let stats = proxy.stats();
     assert_eq!(stats["backend_connect_failures"], 0, "the backend is not blamed: {holding}: {stats}");
     let exhausted = stats["fd_exhausted"].as_u64().unwrap_or(0);

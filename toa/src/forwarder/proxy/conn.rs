@@ -90,6 +90,9 @@ pub struct Conn {
     pub up: Option<Upstream>,
     /// The backends tried so far.
     pub tried: Tried,
+    /// Waiting for a descriptor for its upstream socket: when it is refused
+    /// if none comes.
+    pub waiting: Option<Instant>,
     /// When bytes last moved (for the idle timeout).
     pub last: Instant,
     /// When it was accepted.
@@ -109,6 +112,7 @@ impl Conn {
             client: Side::new(client),
             up: None,
             tried: Tried::default(),
+            waiting: None,
             last: now,
             started: now,
             to_backend: Pump::new(),

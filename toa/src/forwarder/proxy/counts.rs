@@ -71,7 +71,7 @@ counts! {
     connections_active: Gauge, "Open client connections.";
     connections_total: Counter, "Client connections accepted.";
     connections_refused: Counter,
-        "Clients refused: no healthy backend, every attempt failed, or no file descriptor left for the upstream socket.";
+        "Clients refused: no healthy backend, every attempt failed, or no file descriptor for its upstream socket within the connect timeout.";
     bytes_client_to_backend: Counter, "Bytes forwarded from clients to backends.";
     bytes_backend_to_client: Counter, "Bytes forwarded from backends to clients.";
     backend_connect_failures: Counter, "Backend connects that failed or timed out.";

@@ -96,7 +96,10 @@ impl End {
 enum Retry {
     /// The backend failed: try the next.
     Next,
-    /// This host ran out of something: refuse the client.
+    /// No descriptor left for the upstream socket: keep the client and try
+    /// again shortly (until its connect timeout), accepting no one meanwhile.
+    Wait,
+    /// This host ran out of something else: refuse the client.
     Refuse,
 }
 
@@ -268,6 +271,10 @@ impl Worker {
             }
             self.shared.add(&listener, |c| &c.connections_active, 1);
             self.connect_next(slot, conn);
+            if self.paused_until.is_some() {
+                // Out of descriptors: the others stay in the listen queue.
+                return;
+            }
         }
     }
 
@@ -295,17 +302,22 @@ impl Worker {
                 self.finish(slot, conn, End::Refused);
                 return;
             };
-            conn.tried.insert(bi);
             let up = match self.open_upstream(&conn, bi) {
                 Ok(up) => up,
                 Err(e) => match self.attempt_failed(&listener, bi, &e) {
-                    Retry::Next => continue,
+                    Retry::Next => {
+                        conn.tried.insert(bi);
+                        continue;
+                    }
+                    Retry::Wait => return self.wait_for_descriptor(slot, conn),
                     Retry::Refuse => {
                         self.finish(slot, conn, End::Refused);
                         return;
                     }
                 },
             };
+            conn.tried.insert(bi);
+            conn.waiting = None;
             let generation = self.slots[slot].generation;
             if let Err(e) = self.epoll.add(up.as_raw_fd(), CONN_EVENTS, token(KIND_UPSTREAM, slot, generation)) {
                 tracing::warn!(error = %e, "epoll_ctl failed");
@@ -323,18 +335,19 @@ impl Worker {
     /// A connect to backend `bi` failed with `e`: the backend is blamed
     /// (and the next tried) unless the failure is this host's own.
     fn attempt_failed(&mut self, listener: &Listener, bi: usize, e: &io::Error) -> Retry {
-        listener.pool.release(bi);
         let b = &listener.pool.backends[bi];
+        if fds::exhausted(e) {
+            // Not an attempt on the backend at all.
+            listener.pool.unpick(bi);
+            self.shared.add(listener, |c| &c.fd_exhausted, 1);
+            fds::warn_exhausted("an upstream socket", e);
+            return Retry::Wait;
+        }
+        listener.pool.release(bi);
         if fds::local(e) {
-            if fds::exhausted(e) {
-                self.shared.add(listener, |c| &c.fd_exhausted, 1);
-                fds::warn_exhausted("an upstream socket", e);
-                self.pause_accepting();
-            } else {
-                static LOG: fds::Throttle = fds::Throttle::new();
-                if let Some(more) = LOG.allow() {
-                    tracing::warn!(backend = %b.settings.addr, error = %e, more_since_last_line = more, "cannot open an upstream connection on this host; client refused");
-                }
+            static LOG: fds::Throttle = fds::Throttle::new();
+            if let Some(more) = LOG.allow() {
+                tracing::warn!(backend = %b.settings.addr, error = %e, more_since_last_line = more, "cannot open an upstream connection on this host; client refused");
             }
             return Retry::Refuse;
         }
@@ -403,6 +416,20 @@ impl Worker {
         self.drive(slot, conn);
     }
 
+    /// Keeps a client whose upstream socket could not be made for lack of
+    /// descriptors: the sweep tries again, until its connect timeout; no new
+    /// client is accepted meanwhile (they wait in the listen queue, where
+    /// they hold no descriptor of ours).
+    fn wait_for_descriptor(&mut self, slot: usize, mut conn: Box<Conn>) {
+        let deadline = *conn.waiting.get_or_insert(self.now + conn.listener.settings.connect_timeout);
+        if self.now >= deadline {
+            self.finish(slot, conn, End::Refused);
+            return;
+        }
+        self.pause_accepting();
+        self.slots[slot].conn = Some(conn);
+    }
+
     /// The connect under way failed with `e`: close it, then the next backend.
     fn retry(&mut self, slot: usize, mut conn: Box<Conn>, e: &io::Error) {
         let Some(up) = conn.up.take() else { return self.finish(slot, conn, End::Reset) };
@@ -411,6 +438,7 @@ impl Worker {
         let listener = Arc::clone(&conn.listener);
         match self.attempt_failed(&listener, up.backend, e) {
             Retry::Next => self.connect_next(slot, conn),
+            Retry::Wait => self.wait_for_descriptor(slot, conn),
             Retry::Refuse => self.finish(slot, conn, End::Refused),
         }
     }
@@ -452,11 +480,15 @@ impl Worker {
         }
     }
 
-    /// Connect timeouts (then the next backend) and idle timeouts.
+    /// Connect timeouts (then the next backend), clients waiting for a
+    /// descriptor (another try), and idle timeouts.
     fn sweep(&mut self) {
         for i in 0..self.slots.len() {
             let Some(conn) = self.slots[i].conn.as_ref() else { continue };
-            if conn.connect_timed_out(self.now) {
+            if conn.waiting.is_some() && conn.up.is_none() {
+                let Some(conn) = self.slots[i].conn.take() else { continue };
+                self.connect_next(i, conn);
+            } else if conn.connect_timed_out(self.now) {
                 let Some(conn) = self.slots[i].conn.take() else { continue };
                 self.retry(i, conn, &io::Error::from(io::ErrorKind::TimedOut));
             } else if conn.idle(self.now) {

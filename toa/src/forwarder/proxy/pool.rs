@@ -132,6 +132,14 @@ impl Pool {
         self.backends[i].active.fetch_sub(1, Relaxed);
     }
 
+    /// Takes back a [`Pool::pick`] of backend `i` that this host could not
+    /// even try (no socket): it counts as no connection.
+    pub fn unpick(&self, i: usize) {
+        let b = &self.backends[i];
+        b.active.fetch_sub(1, Relaxed);
+        b.total.fetch_sub(1, Relaxed);
+    }
+
     /// How many backends are healthy.
     pub fn healthy(&self) -> usize {
         self.backends.iter().filter(|b| b.healthy.load(Relaxed)).count()
