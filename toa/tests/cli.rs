@@ -124,7 +124,9 @@ fn a_second_agent_on_the_same_pins_is_refused_and_the_first_keeps_running() {
 #[test]
 fn stats_without_an_agent_says_so() {
     let pins = format!("/sys/fs/bpf/{}", unique_name("toa-test", 40));
-    let out = toa(&["stats", "--pin-dir", &pins]);
+    // No proxy either (by default `toa stats` shows every proxy of the host).
+    let socket = format!("/run/toa/{}.sock", unique_name("toa-none", 40));
+    let out = toa(&["stats", "--pin-dir", &pins, "--proxy-socket", &socket]);
     assert_eq!(out.status.code(), Some(1));
     let lines = stderr_lines(&out);
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -137,7 +139,9 @@ fn stats_prints_every_counter_per_cpu_with_a_total() {
     require_root();
     let cg = Cgroup::new("toa-cli");
     let agent = AgentProc::start(cg.path(), &[]);
-    let out = toa(&["stats", "--pin-dir", &agent.pins.to_string_lossy()]);
+    // The agent's table only (by default the host's proxies would follow it).
+    let socket = format!("/run/toa/{}.sock", unique_name("toa-none", 40));
+    let out = toa(&["stats", "--pin-dir", &agent.pins.to_string_lossy(), "--proxy-socket", &socket]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();

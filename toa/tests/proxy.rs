@@ -11,8 +11,9 @@ use std::{
 };
 
 use common::{
-    AgentProc, LOAD_CLIENT, READY, TOPO_CLI4, TOPO_CLI6, TOPO_LB4, TOPO_LB4_SRV, TOPO_LB6, TOPO_LB6_SRV, TOPO_SRV_IF,
-    TOPO_SRV4, TOPO_SRV6, Topo, eventually, require_root, stderr_lines, toa,
+    AgentProc, LOAD_CLIENT, READY, REFUSED_CLIENT, SHA_CLIENT, SHA_SERVER, TOPO_CLI4, TOPO_CLI6, TOPO_LB4,
+    TOPO_LB4_SRV, TOPO_LB6, TOPO_LB6_SRV, TOPO_SRV_IF, TOPO_SRV4, TOPO_SRV6, Topo, eventually, require_root,
+    stderr_lines, toa,
 };
 use integration_test::{
     packet,
@@ -223,78 +224,6 @@ fn a_capture_on_the_backend_shows_the_option_in_the_handshake_ack_in_every_form(
     agent.stop();
 }
 
-/// Backend of the integrity test: per connection a 24-byte header
-/// (upload size, download size, seed), the upload until EOF, then the
-/// SHA-256 of the upload and the download.
-const SHA_SERVER: &str = r#"
-import hashlib, random, socket, struct, sys, threading
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-s.bind(("::", int(sys.argv[1])))
-s.listen(1024)
-print("listening", flush=True)
-def recv_exact(c, n):
-    b = bytearray()
-    while len(b) < n:
-        k = c.recv(n - len(b))
-        if not k: raise EOFError
-        b += k
-    return bytes(b)
-def handle(c):
-    try:
-        up, down, seed = struct.unpack("!QQQ", recv_exact(c, 24))
-        h, got = hashlib.sha256(), 0
-        while True:
-            k = c.recv(1 << 20)
-            if not k: break
-            h.update(k); got += len(k)
-        c.sendall(h.digest() + struct.pack("!Q", got))
-        c.sendall(random.Random(seed).randbytes(down))
-    except Exception as e:
-        print("server error", e, flush=True)
-    finally:
-        c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=handle, args=(c,), daemon=True).start()
-"#;
-
-/// Client of the integrity test: N concurrent connections with random sizes.
-const SHA_CLIENT: &str = r#"
-import hashlib, random, socket, struct, sys, threading
-host, port, n, maxsize = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-bad = []
-def one(i):
-    rnd = random.Random(i)
-    up, down, seed = rnd.randrange(maxsize + 1), rnd.randrange(maxsize + 1), rnd.randrange(1 << 60)
-    data = random.Random(seed ^ 0x5555).randbytes(up)
-    try:
-        c = socket.create_connection((host, port), timeout=120)
-        c.sendall(struct.pack("!QQQ", up, down, seed) + data)
-        c.shutdown(socket.SHUT_WR)
-        h, got, head = hashlib.sha256(), 0, b""
-        while True:
-            k = c.recv(1 << 20)
-            if not k: break
-            if len(head) < 40:
-                take = 40 - len(head)
-                head += k[:take]; k = k[take:]
-            h.update(k); got += len(k)
-        c.close()
-        if head[:32] != hashlib.sha256(data).digest() or struct.unpack("!Q", head[32:40])[0] != up:
-            bad.append(f"{i}: upload of {up} bytes differs")
-        if got != down or h.digest() != hashlib.sha256(random.Random(seed).randbytes(down)).digest():
-            bad.append(f"{i}: download of {down} bytes differs (got {got})")
-    except Exception as e:
-        bad.append(f"{i}: {e!r}")
-threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-for t in threads: t.start()
-for t in threads: t.join()
-print(f"done {n} bad={len(bad)} {bad[:5]}", flush=True)
-sys.exit(1 if bad else 0)
-"#;
-
 #[test]
 #[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn two_hundred_concurrent_uploads_and_downloads_arrive_intact_both_ways() {
@@ -411,19 +340,6 @@ fn killing_one_of_two_backends_moves_new_connections_to_the_other_within_the_fal
     assert!(started.elapsed() < Duration::from_secs(5), "refused after {:?}", started.elapsed());
     assert_eq!(proxy.counter(None, "connections_refused"), 1, "{}", proxy.stats());
 }
-
-/// Connects, then expects EOF or a reset within 3 s.
-const REFUSED_CLIENT: &str = r#"
-import socket, sys
-try:
-    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
-    c.sendall(b"GET / HTTP/1.0\r\n\r\n")
-    data = c.recv(10)
-    assert data == b"", data
-except (ConnectionError, BrokenPipeError) as e:
-    print("refused:", repr(e), flush=True)
-print("refused", flush=True)
-"#;
 
 /// Handles connections (1 byte each way; the client closes first) until one
 /// sends `q`, then reports how many showed the expected client in accept()

@@ -377,6 +377,25 @@ fn proxy_template_instances_run_side_by_side_and_the_backend_sees_the_client() {
     let stats: serde_json::Value = serde_json::from_str(&stats).expect("JSON");
     assert!(stats["proxy"].is_object(), "{stats}");
     assert!(stats["syn_recv_sock_toa"].as_u64() >= Some(2), "{stats}");
+    // Without --proxy-socket, toa stats shows every instance, by name.
+    let all: serde_json::Value = serde_json::from_str(&ct.run(&["toa", "stats", "--json"])).expect("JSON");
+    let mut names: Vec<&str> =
+        all["proxies"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["api", "web"], "{all}");
+    // systemctl reload: api gets a second listener; a file it refuses fails the reload and changes nothing.
+    let two = "[proxy]\n[[proxy.listener]]\nlisten = \"0.0.0.0:8081\"\nbackends = [\"127.0.0.1:9000\"]\n\
+               [[proxy.listener]]\nlisten = \"0.0.0.0:8082\"\nbackends = [\"127.0.0.1:9000\"]\n";
+    step(&format!("[{}] /etc/toa/proxy-api.toml := {two:?}", ct.name()));
+    ct.write("/etc/toa/proxy-api.toml", two);
+    ct.run(&["systemctl", "reload", "toa-proxy@api"]);
+    assert_eq!(peer_of(&lab.connect(8082)), lab.pair.cli_v4.to_string(), "the listener the reload added");
+    ct.write("/etc/toa/proxy-api.toml", "[proxy]\nworkers = \"many\"\n");
+    let refused = ct.exec(&["systemctl", "reload", "toa-proxy@api"]);
+    step(&format!("[{}] systemctl reload toa-proxy@api (a bad file): {}", ct.name(), refused.status));
+    assert!(!refused.status.success(), "a refused configuration fails the reload");
+    assert_eq!(ct.run(&["systemctl", "is-active", "toa-proxy@api"]).trim(), "active");
+    assert_eq!(peer_of(&lab.connect(8082)), lab.pair.cli_v4.to_string(), "the previous configuration stays");
     // Stopping an instance leaves the other, and the agent's state in /run/toa, alone.
     ct.run(&["systemctl", "stop", "toa-proxy@web"]);
     assert!(ct.has("/run/toa/agent@sys-fs-bpf-toa.lock"), "the agent's lock survives a proxy's stop");

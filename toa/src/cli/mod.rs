@@ -41,10 +41,10 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Show what is attached and pinned, kernel facts and a counter summary.
     Status(status::StatusArgs),
-    /// Make the running agent re-read its configuration (SIGHUP) and report whether it applied.
+    /// Make the running agent (or, with --proxy, a `toa proxy`) re-read its configuration (SIGHUP) and report whether it applied.
     ///
-    /// Exits 0 once the new configuration is in force, 1 when the agent refused
-    /// it (the previous one stays; the reason is printed) or does not answer.
+    /// Exits 0 once the new configuration is in force, 1 when it was refused
+    /// (the previous one stays; the reason is printed) or nothing answers.
     Reload(reload::ReloadArgs),
     /// List the live connections that carry a real client (like /proc/net/toa_table).
     ///
@@ -64,7 +64,7 @@ enum Command {
     /// Runs in the foreground until SIGINT/SIGTERM; detaches on exit.
     Inject(inject::InjectArgs),
     /// Forward TCP connections to backends, inserting the client's address as a TOA option.
-    Proxy(proxy::ProxyArgs),
+    Proxy(Box<proxy::ProxyArgs>),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff); `--out-dir`: write toa.1 and a page per subcommand there.
@@ -84,7 +84,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Detach(args) => detach::run(args),
         Command::Config(args) => config::run(args),
         Command::Inject(args) => inject::run(args),
-        Command::Proxy(args) => proxy::run(args),
+        Command::Proxy(args) => proxy::run(*args),
         Command::Completions(args) => completions::run(args, Cli::command()),
         Command::Man(args) => man::run(args, Cli::command()),
     }

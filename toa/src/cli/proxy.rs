@@ -1,6 +1,6 @@
 //! `toa proxy`: the forwarder. The flags describe one listener; they are
-//! merged with the configuration file's `[proxy]` section here, and the
-//! library gets validated settings.
+//! merged with the configuration file's `[proxy]` section here (at start
+//! and on every SIGHUP), and the library gets validated settings.
 //!
 //! The flags' defaults are the library's (the file's) defaults. Their values
 //! are parsed by the same parsers as the file's, here rather than by clap, so
@@ -61,17 +61,31 @@ pub struct ProxyArgs {
     /// Consecutive failed checks that take a backend out.
     #[arg(long, value_name = "N", default_value_t = HealthConfig::DEFAULT.fall)]
     fall: u32,
-    /// Worker threads, 0: one per CPU (default: the configuration file's `workers`).
+    /// Worker threads, 0: one per CPU, at most 1024 (default: the configuration file's `workers`).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
     /// Forwarding path: splice (zero-copy through a pipe) or copy (user-space buffer) (default: the configuration file's).
     #[arg(long, value_name = "PATH")]
     forward: Option<String>,
-    /// Unix socket where the counters are served, read by `toa stats` (default: the configuration file's).
+    /// This instance's name, in its stats socket's path, `toa stats` and the
+    /// logs (default: the configuration file's, else from the first
+    /// listener, e.g. 192.0.2.1-80).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Unix socket where the counters are served, read by `toa stats`
+    /// (default: the configuration file's, else /run/toa/proxy-NAME.sock).
     #[arg(long, value_name = "PATH")]
     stats_socket: Option<PathBuf>,
-    /// Configuration file whose [proxy] section adds listeners
-    /// (default: /etc/toa/toa.toml, read only without --listen).
+    /// Prometheus metrics on ADDR:PORT (/metrics, /healthz); "" for none
+    /// (default: the configuration file's, else none).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<String>,
+    /// On SIGTERM, how long open connections may finish before they are
+    /// reset (default: the configuration file's, else 30s).
+    #[arg(long, value_name = "DURATION")]
+    drain_timeout: Option<String>,
+    /// Configuration file whose [proxy] section adds listeners, read again
+    /// on SIGHUP (default: /etc/toa/toa.toml, read only without --listen).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -101,8 +115,17 @@ impl ProxyArgs {
         if let Some(f) = &self.forward {
             section.forward = flag("forward", f)?;
         }
+        if let Some(n) = &self.name {
+            section.name = Some(flag("name", n)?);
+        }
         if let Some(p) = &self.stats_socket {
-            section.stats_socket = p.clone();
+            section.stats_socket = Some(p.clone());
+        }
+        if let Some(m) = &self.metrics_listen {
+            section.metrics_listen = flag("metrics-listen", m)?;
+        }
+        if let Some(d) = &self.drain_timeout {
+            section.drain_timeout = flag("drain-timeout", d)?;
         }
         Ok(section)
     }
@@ -113,9 +136,6 @@ impl ProxyArgs {
         let backends = self.backends.iter().map(|b| b.parse()).collect::<Result<Vec<BackendConfig>, Error>>()?;
         if backends.is_empty() {
             return Err(Error::Invalid(format!("listener {listen} has no backends (give --backend ADDR:PORT)")));
-        }
-        if self.rise == 0 || self.fall == 0 {
-            return Err(Error::Invalid("--rise and --fall must be at least 1".into()));
         }
         Ok(ListenerConfig {
             listen,
@@ -136,8 +156,9 @@ impl ProxyArgs {
     }
 }
 
-/// Runs the forwarder until SIGINT/SIGTERM.
+/// Runs the forwarder until SIGINT/SIGTERM; SIGHUP reads the file (and
+/// the flags) again.
 pub fn run(args: ProxyArgs) -> Result<()> {
     let settings = Settings::from_config(&args.section()?)?;
-    Ok(proxy::run(&settings)?)
+    Ok(proxy::run(settings, || Settings::from_config(&args.section()?))?)
 }

@@ -74,7 +74,16 @@ impl Default for Config {
 impl Config {
     /// Reads and checks a file.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(Error::io("reading config", path))?;
+        let bytes = std::fs::read(path).map_err(Error::io("reading config", path))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            Error::Config {
+                path: path.into(),
+                message: format!("not UTF-8 text (byte {at}); a configuration file is TOML text"),
+                line: Some(line),
+            }
+        })?;
         Config::parse(&text, path)
     }
 
@@ -144,6 +153,21 @@ mod tests {
             (format!("{L}health = {{ fall = 0 }}"), "fall", 4),
             (format!("{L}port = 3"), "port", 4),
             ("[[proxy.listener]]\nlisten = \"0.0.0.0:80\"\nbackends = []".into(), "at least one backend", 3),
+            (format!("{L}idle_timeout = \"0s\""), "idle_timeout (--idle-timeout) must be at least 1s", 4),
+            (format!("{L}connect_timeout = \"10ms\""), "connect_timeout (--connect-timeout)", 4),
+            (format!("{L}health = {{ interval = \"1ms\" }}"), "health interval (--health-interval)", 4),
+            (format!("{L}health = {{ timeout = \"1us\" }}"), "health timeout (--health-timeout)", 4),
+            ("[proxy]\nworkers = 100000".into(), "workers (--workers) is at most 1024", 2),
+            ("[proxy]\nname = \"a/b\"".into(), "name `a/b`", 2),
+            ("[proxy]\ndrain_timeout = \"soon\"".into(), "soon", 2),
+            (
+                format!(
+                    "[[proxy.listener]]\nlisten = \"0.0.0.0:80\"\nbackends = [{}]",
+                    vec!["\"192.0.2.2:80\""; 1025].join(", ")
+                ),
+                "at most 1024 backends, not 1025",
+                3,
+            ),
             (
                 "[[proxy.listener]]\nlisten = \"nowhere\"\nbackends = [\"192.0.2.2:80\"]".into(),
                 "`nowhere` is not ADDR:PORT",
@@ -158,6 +182,17 @@ mod tests {
         }
         let err = Config::parse("[[proxy.listener]]\nlisten = \"0.0.0.0:80\"\n", Path::new("t.toml")).expect_err("");
         assert!(err.to_string().contains("backends"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_text_is_a_bad_file_with_its_line() {
+        let path = std::env::temp_dir().join(format!("toa-config-test-{}.toml", std::process::id()));
+        std::fs::write(&path, b"capture_syn = true\n\xff\xfe\x00garbage").expect("write");
+        let err = Config::load(&path).expect_err("not UTF-8");
+        let _ = std::fs::remove_file(&path);
+        assert!(err.is_usage(), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("line 2") && msg.contains("not UTF-8"), "{msg}");
     }
 
     /// A configuration with a value other than the default for every key.
@@ -197,9 +232,12 @@ mod tests {
             pin_dir: PathBuf::from("/sys/fs/bpf/toa-test"),
             metrics_listen: MetricsListen(None),
             proxy: ProxyConfig {
+                name: Some("web".parse().expect("name")),
                 workers: 3,
-                stats_socket: PathBuf::from("/tmp/proxy.sock"),
+                stats_socket: Some(PathBuf::from("/tmp/proxy.sock")),
+                metrics_listen: "127.0.0.1:9411".parse().expect("metrics listener"),
                 forward: Forward::Copy,
+                drain_timeout: Duration::from_secs(5),
                 listeners: vec![listener("0.0.0.0:80"), listener("[::]:443")],
             },
         }

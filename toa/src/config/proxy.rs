@@ -1,28 +1,58 @@
 //! The `[proxy]` section of the configuration file: what the forwarder is
-//! told to do, typed; the forwarder checks what spans several keys
-//! (`forwarder::proxy::Settings::from_config`).
+//! told to do, typed, with the limits of every value; the forwarder checks
+//! what spans several keys (`forwarder::proxy::Settings::from_config`).
 
-use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use serde::{Deserialize, Deserializer, Serialize, de};
 
-use super::values::{self, Duration, Packets, parse_addr, serde_via_str};
-use crate::{Error, Result};
+use super::values::{self, Duration, MetricsListen, Packets, parse_addr, serde_via_str};
+use crate::{Error, Result, sys::paths};
 
-/// Where the running proxy serves its counters.
-pub const DEFAULT_STATS_SOCKET: &str = "/run/toa/proxy.sock";
 /// How long a backend may take to accept, unless told otherwise.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection may stay silent both ways, unless told otherwise.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a stopping proxy lets open connections finish, unless told otherwise.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The bounds of the values: what is outside makes no sense (a timeout
+/// that fires before a connection can do anything, a check that floods the
+/// backend) or costs more than it can give (threads beyond any CPU count).
+pub mod limits {
+    use crate::config::values::Duration;
+
+    /// Worker threads at most (`workers = 0`, one per CPU, is capped too).
+    pub const MAX_WORKERS: usize = 1024;
+    /// Listeners per proxy at most.
+    pub const MAX_LISTENERS: usize = 256;
+    /// Backends per listener at most.
+    pub const MAX_BACKENDS: usize = 1024;
+    /// The shortest connect timeout (timeouts are checked every 100 ms).
+    pub const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
+    /// The shortest idle timeout.
+    pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+    /// The shortest time between two health checks of a backend (0 turns them off).
+    pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+    /// The shortest time a health check may take.
+    pub const MIN_HEALTH_TIMEOUT: Duration = Duration::from_millis(10);
+}
 
 /// The `[proxy]` section of the configuration file.
 ///
 /// ```toml
 /// [proxy]
+/// name = "web"                      # default: from the first listener, e.g. "192.0.2.1-80"
 /// workers = 0                       # 0: one per CPU
-/// stats_socket = "/run/toa/proxy.sock"
+/// stats_socket = "/run/toa/proxy-web.sock"   # default: /run/toa/proxy-NAME.sock
+/// metrics_listen = "127.0.0.1:9411" # Prometheus; default "" (none)
 /// forward = "splice"                # or "copy"
+/// drain_timeout = "30s"             # SIGTERM: how long open connections may finish
 ///
 /// [[proxy.listener]]
 /// listen = "0.0.0.0:80"
@@ -38,46 +68,198 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
+    /// The instance's name: its stats socket, its logs, `toa stats`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<ProxyName>,
     /// Worker threads (0: one per CPU).
+    #[serde(deserialize_with = "workers")]
     pub workers: usize,
-    /// Unix socket serving the counters (`toa stats` reads it).
-    pub stats_socket: PathBuf,
+    /// Unix socket serving the counters (`toa stats` reads it); none: the name's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats_socket: Option<PathBuf>,
+    /// Prometheus metrics listener (`""`: none).
+    pub metrics_listen: MetricsListen,
     /// Forwarding path.
     pub forward: Forward,
+    /// How long open connections may finish once SIGTERM arrived.
+    pub drain_timeout: Duration,
     /// The listeners.
-    #[serde(rename = "listener")]
+    #[serde(rename = "listener", deserialize_with = "listeners")]
     pub listeners: Vec<ListenerConfig>,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
+            name: None,
             workers: 0,
-            stats_socket: PathBuf::from(DEFAULT_STATS_SOCKET),
+            stats_socket: None,
+            metrics_listen: MetricsListen(None),
             forward: Forward::default(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             listeners: Vec::new(),
         }
     }
 }
 
 impl ProxyConfig {
-    /// The rules that span several keys: one listener per address, and a
-    /// health check that may take some time when checks are on.
+    /// The rules that span several keys (one listener per address), and the
+    /// bounds of every value, for sections that did not come from a file
+    /// (the command line's listener): a file's values are bounded as it is
+    /// read, so that the error names the line.
     pub fn check(&self) -> Result<()> {
+        check_workers(self.workers)?;
+        check_listener_count(self.listeners.len())?;
         for (i, l) in self.listeners.iter().enumerate() {
             if self.listeners[..i].iter().any(|o| o.listen == l.listen) {
                 return Err(Error::Invalid(format!("listener {} is given twice", l.listen)));
             }
-            if !l.health.interval.is_zero() && l.health.timeout.is_zero() {
-                return Err(Error::Invalid(format!(
-                    "listener {}: health timeout must be above 0 (or interval 0 to turn checks off)",
-                    l.listen
-                )));
-            }
+            l.check().map_err(|e| Error::Invalid(format!("listener {}: {e}", l.listen)))?;
         }
         Ok(())
     }
 }
+
+/// The stats socket of the proxy named `name`, unless told otherwise.
+pub fn default_stats_socket(name: &ProxyName) -> PathBuf {
+    Path::new(paths::RUN_DIR).join(format!("{PROXY_SOCKET_PREFIX}{name}{PROXY_SOCKET_SUFFIX}"))
+}
+
+/// Stats sockets in [`paths::RUN_DIR`] are named `proxy-NAME.sock`.
+pub const PROXY_SOCKET_PREFIX: &str = "proxy-";
+/// See [`PROXY_SOCKET_PREFIX`].
+pub const PROXY_SOCKET_SUFFIX: &str = ".sock";
+
+/// The name of one proxy instance: letters, digits, `.`, `_`, `-` and `@`,
+/// at most 64 characters, so that it fits in a file name (its stats
+/// socket) and a systemd instance name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProxyName(String);
+
+impl ProxyName {
+    /// Longest name.
+    pub const MAX_LEN: usize = 64;
+
+    /// The name derived from a listener's address: `192.0.2.1-80`, and for
+    /// IPv6 with `_` for `:`, `2001_db8__1-443`. Two listening sockets on
+    /// one address cannot exist in one network namespace, so two proxies
+    /// there never derive the same name.
+    pub fn from_listener(listen: SocketAddr) -> ProxyName {
+        let ip = listen.ip().to_string().replace(':', "_");
+        ProxyName(format!("{ip}-{}", listen.port()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ProxyName {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<ProxyName> {
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
+        if s.is_empty() || s.len() > ProxyName::MAX_LEN || !s.chars().all(ok) || s.starts_with('.') {
+            return Err(Error::Invalid(format!(
+                "name `{s}`: 1 to {} letters, digits, '.', '_', '-' or '@', not starting with '.'",
+                ProxyName::MAX_LEN
+            )));
+        }
+        Ok(ProxyName(s.to_string()))
+    }
+}
+
+impl fmt::Display for ProxyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `workers` within [`limits::MAX_WORKERS`].
+pub fn check_workers(n: usize) -> Result<()> {
+    if n > limits::MAX_WORKERS {
+        return Err(Error::Invalid(format!(
+            "workers (--workers) is at most {}, not {n} (0: one per CPU)",
+            limits::MAX_WORKERS
+        )));
+    }
+    Ok(())
+}
+
+fn check_listener_count(n: usize) -> Result<()> {
+    if n > limits::MAX_LISTENERS {
+        return Err(Error::Invalid(format!("a proxy has at most {} listeners, not {n}", limits::MAX_LISTENERS)));
+    }
+    Ok(())
+}
+
+fn check_backend_count(n: usize) -> Result<()> {
+    match n {
+        0 => Err(Error::Invalid("a listener needs at least one backend".into())),
+        n if n > limits::MAX_BACKENDS => {
+            Err(Error::Invalid(format!("a listener has at most {} backends, not {n}", limits::MAX_BACKENDS)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `key` (`--flag`) is at least `min`.
+fn check_at_least(key: &str, value: Duration, min: Duration) -> Result<()> {
+    if value < min {
+        let flag = key.replace('_', "-");
+        return Err(Error::Invalid(format!("{key} (--{flag}) must be at least {min}, not {value}")));
+    }
+    Ok(())
+}
+
+fn check_connect_timeout(d: Duration) -> Result<()> {
+    check_at_least("connect_timeout", d, limits::MIN_CONNECT_TIMEOUT)
+}
+
+fn check_idle_timeout(d: Duration) -> Result<()> {
+    check_at_least("idle_timeout", d, limits::MIN_IDLE_TIMEOUT)
+}
+
+fn check_health_interval(d: Duration) -> Result<()> {
+    if !d.is_zero() && d < limits::MIN_HEALTH_INTERVAL {
+        return Err(Error::Invalid(format!(
+            "health interval (--health-interval) must be 0 (no checks) or at least {}, not {d}",
+            limits::MIN_HEALTH_INTERVAL
+        )));
+    }
+    Ok(())
+}
+
+fn check_health_timeout(d: Duration) -> Result<()> {
+    if d < limits::MIN_HEALTH_TIMEOUT {
+        return Err(Error::Invalid(format!(
+            "health timeout (--health-timeout) must be at least {}, not {d}",
+            limits::MIN_HEALTH_TIMEOUT
+        )));
+    }
+    Ok(())
+}
+
+/// A deserializer that reads a `T` and checks it with `check`.
+macro_rules! checked {
+    ($name:ident, $t:ty, $check:expr) => {
+        fn $name<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<$t, D::Error> {
+            let value = <$t>::deserialize(d)?;
+            let check: fn(&$t) -> Result<()> = $check;
+            check(&value).map_err(de::Error::custom)?;
+            Ok(value)
+        }
+    };
+}
+
+checked!(workers, usize, |n| check_workers(*n));
+checked!(listeners, Vec<ListenerConfig>, |l| check_listener_count(l.len()));
+checked!(backends, Vec<BackendConfig>, |b| check_backend_count(b.len()));
+checked!(connect_timeout, Duration, |d| check_connect_timeout(*d));
+checked!(idle_timeout, Duration, |d| check_idle_timeout(*d));
+checked!(health_interval, Duration, |d| check_health_interval(*d));
+checked!(health_timeout, Duration, |d| check_health_timeout(*d));
 
 /// One `[[proxy.listener]]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,10 +284,10 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub toa_packets: Packets,
     /// How long to wait for a backend to accept.
-    #[serde(default = "default_connect_timeout")]
+    #[serde(default = "default_connect_timeout", deserialize_with = "connect_timeout")]
     pub connect_timeout: Duration,
     /// How long a connection may stay silent in both directions.
-    #[serde(default = "default_idle_timeout")]
+    #[serde(default = "default_idle_timeout", deserialize_with = "idle_timeout")]
     pub idle_timeout: Duration,
     /// Active health checks.
     #[serde(default)]
@@ -120,12 +302,14 @@ fn default_idle_timeout() -> Duration {
     DEFAULT_IDLE_TIMEOUT
 }
 
-fn backends<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<BackendConfig>, D::Error> {
-    let backends = Vec::<BackendConfig>::deserialize(d)?;
-    if backends.is_empty() {
-        return Err(de::Error::custom("a listener needs at least one backend"));
+impl ListenerConfig {
+    /// The bounds of each value (the file's are checked as it is read).
+    pub fn check(&self) -> Result<()> {
+        check_backend_count(self.backends.len())?;
+        check_connect_timeout(self.connect_timeout)?;
+        check_idle_timeout(self.idle_timeout)?;
+        self.health.check()
     }
-    Ok(backends)
 }
 
 /// A backend: where to connect, and option kinds that override the listener's.
@@ -223,8 +407,10 @@ impl<'de> Deserialize<'de> for BackendConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
     /// Time between checks of one backend (`"0"` disables checks).
+    #[serde(deserialize_with = "health_interval")]
     pub interval: Duration,
     /// How long one check may take.
+    #[serde(deserialize_with = "health_timeout")]
     pub timeout: Duration,
     /// Consecutive successes that bring a backend back.
     #[serde(deserialize_with = "at_least_one")]
@@ -243,6 +429,18 @@ impl HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig::DEFAULT
+    }
+}
+
+impl HealthConfig {
+    /// The bounds of each value.
+    pub fn check(&self) -> Result<()> {
+        check_health_interval(self.interval)?;
+        check_health_timeout(self.timeout)?;
+        if self.rise == 0 || self.fall == 0 {
+            return Err(Error::Invalid("health rise and fall (--rise, --fall) must be at least 1".into()));
+        }
+        Ok(())
     }
 }
 
@@ -324,7 +522,7 @@ impl fmt::Display for Forward {
     }
 }
 
-serde_via_str!(Balance, Forward);
+serde_via_str!(Balance, Forward, ProxyName);
 
 /// Option kinds of one family that the forwarder writes: a kind and its list.
 macro_rules! kind {

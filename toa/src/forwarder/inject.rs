@@ -1,6 +1,11 @@
 //! Driving the client-side option writer (`toa_inject`).
 
-use std::{fs::File, net::SocketAddr, os::fd::AsFd, path::Path};
+use std::{
+    fs::File,
+    net::SocketAddr,
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
+};
 
 use aya::{
     Ebpf,
@@ -18,7 +23,7 @@ use crate::{
     Error, Result,
     ops::stats::Snapshot,
     receiver::{ebpf, programs},
-    sys::{host as system, net},
+    sys::{bpf, host as system, net},
 };
 
 /// The cookie key that applies to every socket of the cgroup.
@@ -63,12 +68,15 @@ impl Injector {
         self.targets.remove(&cookie).map_err(|source| Error::Map { name: maps::INJECT_TARGETS, source })
     }
 
-    /// The targets map's descriptor (key: socket cookie, value: [`InjectSpec`]),
-    /// for callers that update it from several threads with their own
-    /// `bpf(2)` calls, such as the proxy's workers.
-    pub(crate) fn targets_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    /// A handle on the targets map that several threads can use at once,
+    /// each with its own `bpf(2)` calls on a descriptor of the map (no lock),
+    /// such as the proxy's workers. It stays valid after the injector is
+    /// dropped (the writer is detached then, and writes nothing).
+    pub(crate) fn targets(&self) -> Result<Targets> {
         use aya::maps::IterableMap as _;
-        self.targets.map().fd().as_fd()
+        let fd =
+            self.targets.map().fd().as_fd().try_clone_to_owned().map_err(Error::io("duplicating", "targets map"))?;
+        Ok(Targets { fd })
     }
 
     fn set(&mut self, key: u64, spec: InjectSpec) -> Result<()> {
@@ -79,6 +87,30 @@ impl Injector {
     pub fn counters(&self) -> Result<Snapshot> {
         let map = self.ebpf.map(maps::COUNTERS).ok_or(Error::MissingMap(maps::COUNTERS))?;
         Snapshot::read_map(map)
+    }
+}
+
+/// The writer's targets map (key: socket cookie, value: [`InjectSpec`]),
+/// typed: only an [`Injector`] makes one, from the map aya checked to have
+/// exactly those key and value sizes.
+#[derive(Debug)]
+pub(crate) struct Targets {
+    fd: OwnedFd,
+}
+
+impl Targets {
+    /// Writes `spec` on the connection of the socket whose cookie is `cookie`.
+    pub fn insert(&self, cookie: u64, spec: &InjectSpec) -> std::io::Result<()> {
+        // SAFETY: the map's key is a u64 and its value an `InjectSpec`
+        // (`#[repr(C)]`, no padding): aya's `HashMap::try_from` checked both
+        // sizes when the injector took the map.
+        unsafe { bpf::map_update(self.fd.as_fd(), &cookie, spec) }
+    }
+
+    /// Removes the entry of `cookie` (`ENOENT` if there is none).
+    pub fn remove(&self, cookie: u64) -> std::io::Result<()> {
+        // SAFETY: the map's key is a u64 (checked as for `insert`).
+        unsafe { bpf::map_delete(self.fd.as_fd(), &cookie) }
     }
 }
 

@@ -68,12 +68,43 @@ pub struct MetricsServer {
     thread: Option<thread::JoinHandle<()>>,
 }
 
+/// The answer to one request: status line, content type, body.
+pub(crate) struct Reply {
+    /// E.g. `200 OK`.
+    pub status: &'static str,
+    /// E.g. `text/plain; version=0.0.4`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: String,
+}
+
+impl Reply {
+    /// `200 OK` with a Prometheus text body.
+    pub fn metrics(body: String) -> Reply {
+        Reply { status: "200 OK", content_type: "text/plain; version=0.0.4", body }
+    }
+
+    /// A plain text answer.
+    pub fn text(status: &'static str, body: impl Into<String>) -> Reply {
+        Reply { status, content_type: "text/plain", body: body.into() }
+    }
+}
+
 impl MetricsServer {
     /// Binds `addr` (failing at once if it cannot) and serves `/metrics` and `/healthz`.
     pub fn start(addr: SocketAddr, pins: PinDir) -> Result<MetricsServer> {
-        let listener = TcpListener::bind(addr).map_err(|e| {
-            Error::Invalid(format!("metrics_listen {addr}: {e} (set metrics_listen = \"\" to disable)"))
-        })?;
+        MetricsServer::with_handler(addr, "metrics_listen", move |path| respond(path, &pins))
+    }
+
+    /// Binds `addr` (`key` names the setting in the error) and answers each
+    /// request's path with `handler`, from a thread, until dropped.
+    pub(crate) fn with_handler(
+        addr: SocketAddr,
+        key: &str,
+        handler: impl Fn(&str) -> Reply + Send + 'static,
+    ) -> Result<MetricsServer> {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| Error::Invalid(format!("{key} {addr}: {e} (set {key} = \"\" to disable)")))?;
         let addr = listener.local_addr().map_err(Error::io("reading address of", "metrics listener"))?;
         listener.set_nonblocking(true).map_err(Error::io("configuring", "metrics listener"))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -84,12 +115,16 @@ impl MetricsServer {
                 while !flag.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, _)) => {
-                            let _ = serve(stream, &pins);
+                            let _ = serve(stream, &handler);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             thread::sleep(Duration::from_millis(50));
                         }
-                        Err(e) => tracing::debug!(error = %e, "metrics accept failed"),
+                        Err(e) => {
+                            // Out of descriptors, most likely: not again at once.
+                            tracing::debug!(error = %e, "metrics accept failed");
+                            thread::sleep(Duration::from_millis(50));
+                        }
                     }
                 }
             })
@@ -112,7 +147,21 @@ impl Drop for MetricsServer {
     }
 }
 
-fn serve(mut stream: TcpStream, pins: &PinDir) -> std::io::Result<()> {
+/// The agent's answer to `path`.
+fn respond(path: &str, pins: &PinDir) -> Reply {
+    match path {
+        "/metrics" => match Snapshot::read_pinned(pins) {
+            Ok(s) => Reply::metrics(render(&s)),
+            Err(e) => Reply::text("503 Service Unavailable", format!("{e}\n")),
+        },
+        // Ready only once every program is attached (the counters are pinned earlier).
+        "/healthz" if super::readiness::attached(pins) => Reply::text("200 OK", "ok\n"),
+        "/healthz" => Reply::text("503 Service Unavailable", "not attached yet\n"),
+        _ => Reply::text("404 Not Found", "try /metrics or /healthz\n"),
+    }
+}
+
+fn serve(mut stream: TcpStream, handler: &impl Fn(&str) -> Reply) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut request_line = String::new();
@@ -124,16 +173,7 @@ fn serve(mut stream: TcpStream, pins: &PinDir) -> std::io::Result<()> {
         line.clear();
     }
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
-    let (status, content_type, body) = match path {
-        "/metrics" => match Snapshot::read_pinned(pins) {
-            Ok(s) => ("200 OK", "text/plain; version=0.0.4", render(&s)),
-            Err(e) => ("503 Service Unavailable", "text/plain", format!("{e}\n")),
-        },
-        // Ready only once every program is attached (the counters are pinned earlier).
-        "/healthz" if super::readiness::attached(pins) => ("200 OK", "text/plain", "ok\n".to_string()),
-        "/healthz" => ("503 Service Unavailable", "text/plain", "not attached yet\n".to_string()),
-        _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
-    };
+    let Reply { status, content_type, body } = handler(path);
     write!(
         stream,
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

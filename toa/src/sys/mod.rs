@@ -7,6 +7,7 @@ pub(crate) mod net;
 pub(crate) mod netns;
 pub mod notify;
 pub mod paths;
+pub(crate) mod rlimit;
 pub mod service;
 pub mod signals;
 pub(crate) mod time;

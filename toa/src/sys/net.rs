@@ -204,6 +204,14 @@ pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     check(unsafe { libc::shutdown(fd, libc::SHUT_WR) }).map(drop)
 }
 
+/// `shutdown(fd, SHUT_RD)` of a listening socket: it stops listening at
+/// once (Linux), the connections waiting in its queue are reset and new
+/// ones refused, while the descriptor stays valid for those who hold it.
+pub fn stop_listening(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::shutdown(fd, libc::SHUT_RD) }).map(drop)
+}
+
 /// `recv` without flags.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: valid buffer.
@@ -285,6 +293,13 @@ impl Epoll {
         let mut ev = libc::epoll_event { events, u64: token };
         // SAFETY: valid event pointer.
         check(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
+    }
+
+    /// Removes `fd` from the set.
+    pub fn del(&self, fd: RawFd) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: valid event pointer (ignored by the kernel for a delete).
+        check(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) }).map(drop)
     }
 
     /// Waits up to `timeout_ms` for events; returns how many were stored.

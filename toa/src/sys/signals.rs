@@ -26,6 +26,24 @@ impl TerminationSignals {
         }
     }
 
+    /// Waits up to `timeout` for one of them; its number, or `None` when none came.
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> io::Result<Option<i32>> {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: valid set and timeout; no siginfo is asked for.
+        let sig = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
+        if sig >= 0 {
+            return Ok(Some(sig));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => Ok(None),
+            _ => Err(e),
+        }
+    }
+
     /// Waits for one of them and returns its number.
     pub fn wait(&self) -> io::Result<i32> {
         let mut sig = 0;

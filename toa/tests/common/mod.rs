@@ -339,15 +339,33 @@ impl Topo {
         })
     }
 
-    /// Starts `toa proxy ARGS` in the forwarder namespace and cgroup.
+    /// Starts `toa proxy ARGS` in the forwarder namespace and cgroup, its
+    /// counters on a stats socket of its own in the temporary directory.
     pub fn proxy(&self, args: &[&str]) -> ProxyProc {
         let socket = std::env::temp_dir().join(format!("{}.sock", unique_name("toa-px", 40)));
-        let mut cmd = command_in(Some(&self.lb.path()), Some(self.lb_cg.path()), TOA);
-        cmd.arg("proxy").arg("--stats-socket").arg(&socket).args(args);
+        let socket_arg = socket.to_string_lossy().into_owned();
+        self.proxy_with(&[], &[&["--stats-socket", &socket_arg], args].concat(), socket)
+    }
+
+    /// Starts `PREFIX... toa proxy ARGS` (a prefix such as `prlimit
+    /// --nofile=N --` that execs the proxy) in the forwarder namespace and
+    /// cgroup; `socket` is where it serves its counters (what ARGS say, or
+    /// the path it derives by default).
+    pub fn proxy_with(&self, prefix: &[&str], args: &[&str], socket: PathBuf) -> ProxyProc {
+        let program = [prefix, &[TOA]].concat();
+        let mut cmd = command_in(Some(&self.lb.path()), Some(self.lb_cg.path()), program[0]);
+        cmd.args(&program[1..]).arg("proxy").args(args);
         cmd.env("RUST_LOG", std::env::var("TOA_TEST_PROXY_LOG").unwrap_or_else(|_| "info".into()));
         let mut proc = spawn(cmd);
         proc.wait_for_line(Stream::Stderr, |l| l.contains("proxy ready"), READY);
         ProxyProc { proc, socket }
+    }
+
+    /// Starts a program in the client namespace with stdin piped.
+    pub fn client_with_stdin(&self, args: &[&str]) -> Spawned {
+        let mut cmd = command_in(Some(&self.cli.path()), None, args[0]);
+        cmd.args(&args[1..]);
+        integration_test::process::spawn_with_stdin(cmd)
     }
 }
 
@@ -378,13 +396,21 @@ impl ProxyProc {
         obj[name].as_u64().unwrap_or_else(|| panic!("counter {name} missing in {obj}"))
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the proxy.
+    pub fn signal(&self, signal: i32) {
+        assert!(self.proc.pid() > 0);
+        // SAFETY: plain syscall; the child is not reaped while `proc` lives, so the pid is the proxy's.
+        let rc = unsafe { libc::kill(self.proc.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}): {}", self.proc.pid(), std::io::Error::last_os_error());
+    }
+
     /// Open descriptors of the proxy process.
     pub fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.proc.pid())).map(|d| d.count()).unwrap_or(0)
     }
 
     /// Entries in the proxy's TOA_INJECT_TARGETS map (found through its
-    /// descriptors: a hash map with 8-byte keys and 24-byte values).
+    /// descriptors: the hash map with 8-byte keys and 24-byte values).
     pub fn target_entries(&self) -> usize {
         let pid = self.proc.pid();
         let mut ids = Vec::new();
@@ -398,6 +424,9 @@ impl ProxyProc {
                 ids.extend(field("map_id:"));
             }
         }
+        // One map (the proxy may hold more than one descriptor of it).
+        ids.sort();
+        ids.dedup();
         assert_eq!(ids.len(), 1, "expected one targets map among the proxy's descriptors, found {ids:?}");
         let out = run_in(None, None, &["bpftool", "map", "dump", "id", &ids[0], "-j"]);
         assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
@@ -423,4 +452,89 @@ try:
     s.recv(1)
 except OSError:
     pass
+"#;
+
+/// Backend of the integrity test: per connection a 24-byte header
+/// (upload size, download size, seed), the upload until EOF, then the
+/// SHA-256 of the upload and the download.
+pub const SHA_SERVER: &str = r#"
+import hashlib, random, socket, struct, sys, threading
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1])))
+s.listen(1024)
+print("listening", flush=True)
+def recv_exact(c, n):
+    b = bytearray()
+    while len(b) < n:
+        k = c.recv(n - len(b))
+        if not k: raise EOFError
+        b += k
+    return bytes(b)
+def handle(c):
+    try:
+        up, down, seed = struct.unpack("!QQQ", recv_exact(c, 24))
+        h, got = hashlib.sha256(), 0
+        while True:
+            k = c.recv(1 << 20)
+            if not k: break
+            h.update(k); got += len(k)
+        c.sendall(h.digest() + struct.pack("!Q", got))
+        c.sendall(random.Random(seed).randbytes(down))
+    except Exception as e:
+        print("server error", e, flush=True)
+    finally:
+        c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+"#;
+
+/// Client of the integrity test: N concurrent connections with random sizes.
+pub const SHA_CLIENT: &str = r#"
+import hashlib, random, socket, struct, sys, threading
+host, port, n, maxsize = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+bad = []
+def one(i):
+    rnd = random.Random(i)
+    up, down, seed = rnd.randrange(maxsize + 1), rnd.randrange(maxsize + 1), rnd.randrange(1 << 60)
+    data = random.Random(seed ^ 0x5555).randbytes(up)
+    try:
+        c = socket.create_connection((host, port), timeout=120)
+        c.sendall(struct.pack("!QQQ", up, down, seed) + data)
+        c.shutdown(socket.SHUT_WR)
+        h, got, head = hashlib.sha256(), 0, b""
+        while True:
+            k = c.recv(1 << 20)
+            if not k: break
+            if len(head) < 40:
+                take = 40 - len(head)
+                head += k[:take]; k = k[take:]
+            h.update(k); got += len(k)
+        c.close()
+        if head[:32] != hashlib.sha256(data).digest() or struct.unpack("!Q", head[32:40])[0] != up:
+            bad.append(f"{i}: upload of {up} bytes differs")
+        if got != down or h.digest() != hashlib.sha256(random.Random(seed).randbytes(down)).digest():
+            bad.append(f"{i}: download of {down} bytes differs (got {got})")
+    except Exception as e:
+        bad.append(f"{i}: {e!r}")
+threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(f"done {n} bad={len(bad)} {bad[:5]}", flush=True)
+sys.exit(1 if bad else 0)
+"#;
+
+/// Connects, then expects EOF or a reset within 3 s.
+pub const REFUSED_CLIENT: &str = r#"
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+    c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    data = c.recv(10)
+    assert data == b"", data
+except (ConnectionError, BrokenPipeError) as e:
+    print("refused:", repr(e), flush=True)
+print("refused", flush=True)
 "#;

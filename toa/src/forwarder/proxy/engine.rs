@@ -5,10 +5,15 @@
 //! sockets of a connection are registered once, edge-triggered for reading,
 //! writing and peer shutdown; what is known about each socket (may read, may
 //! write) is kept in the connection and cleared on `EAGAIN`.
+//!
+//! The listeners a worker waits on follow [`Shared::layout`]: before each
+//! wait it compares generations and re-registers when a reload (or the
+//! drain, which leaves none) changed them. Out of file descriptors it stops
+//! waiting on them for a moment, so clients wait in the listen queue instead
+//! of being accepted only to be reset.
 
 use std::{
     io,
-    net::SocketAddr,
     os::fd::{AsRawFd, OwnedFd},
     sync::{
         Arc,
@@ -18,9 +23,12 @@ use std::{
 };
 
 use super::{
-    pool::{Tried, mark_tried},
-    pump::{Ends, Pump, Spares},
-    shared::Shared,
+    conn::{Conn, Connect, Side, Stage, Upstream},
+    counts::Which,
+    fds,
+    pool::Tried,
+    pump::{Ready, Spares},
+    shared::{Listener, Shared},
 };
 use crate::{forwarder::inject::spec_for, sys::net as sys};
 
@@ -42,37 +50,14 @@ fn untoken(t: u64) -> (u64, usize, u32) {
 
 /// How often timeouts are checked.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// How long accepting pauses when no descriptor is left.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Events taken per `epoll_wait`.
 const EVENTS: usize = 256;
-/// Connects tried per client (at least one per backend): a refused or timed
-/// out connect is retried on the next backend, or on the same one with a new
-/// source port when it is the only one.
-const MAX_ATTEMPTS: u32 = 3;
 /// Connections accepted per listener wake-up before serving others.
 const ACCEPT_BATCH: usize = 64;
-
-/// One client connection and its upstream.
-struct Conn {
-    listener: usize,
-    client: OwnedFd,
-    peer: SocketAddr,
-    up: Option<OwnedFd>,
-    backend: usize,
-    tried: Tried,
-    attempts: u32,
-    connected: bool,
-    connect_deadline: Instant,
-    last: Instant,
-    started: Instant,
-    c_rd: bool,
-    c_wr: bool,
-    c_hup: bool,
-    u_rd: bool,
-    u_wr: bool,
-    u_hup: bool,
-    to_backend: Pump,
-    to_client: Pump,
-}
+/// Events of a connection's sockets.
+const CONN_EVENTS: u32 = sys::IN | sys::OUT | sys::RDHUP | sys::ET;
 
 struct Slot {
     generation: u32,
@@ -88,8 +73,34 @@ enum End {
     Reset,
     /// Silent for too long.
     Idle,
-    /// No backend could be reached.
+    /// No backend could be reached (or no socket made for one).
     Refused,
+    /// Still open when the drain timeout ended.
+    Drained,
+}
+
+impl End {
+    /// The counter the end adds to, if any.
+    fn counter(self) -> Option<Which> {
+        match self {
+            End::Done => None,
+            End::Reset => Some(|c| &c.resets),
+            End::Idle => Some(|c| &c.idle_timeouts),
+            End::Refused => Some(|c| &c.connections_refused),
+            End::Drained => Some(|c| &c.drain_closed),
+        }
+    }
+}
+
+/// What to do after a failed connect attempt.
+enum Retry {
+    /// The backend failed: try the next.
+    Next,
+    /// No descriptor left for the upstream socket: keep the client and try
+    /// again shortly (until its connect timeout), accepting no one meanwhile.
+    Wait,
+    /// This host ran out of something else: refuse the client.
+    Refuse,
 }
 
 /// A worker thread's state.
@@ -98,6 +109,11 @@ pub struct Worker {
     epoll: sys::Epoll,
     wake: Arc<OwnedFd>,
     stop: Arc<AtomicBool>,
+    /// The listeners of `generation`, by token index.
+    listeners: Vec<Arc<Listener>>,
+    generation: u64,
+    /// While out of descriptors: when to wait on the listeners again.
+    paused_until: Option<Instant>,
     slots: Vec<Slot>,
     free: Vec<usize>,
     spares: Spares,
@@ -106,25 +122,27 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker serving every listener of `shared`; `wake` interrupts its wait.
+    /// A worker serving the listeners of `shared`; `wake` interrupts its wait.
     pub fn new(shared: Arc<Shared>, wake: Arc<OwnedFd>, stop: Arc<AtomicBool>) -> io::Result<Worker> {
         let epoll = sys::Epoll::new()?;
-        for (i, l) in shared.listeners.iter().enumerate() {
-            epoll.add(l.fd.as_raw_fd(), sys::IN | sys::EXCLUSIVE, token(KIND_LISTENER, i, 0))?;
-        }
         epoll.add(wake.as_raw_fd(), sys::IN, token(KIND_WAKE, 0, 0))?;
-        let spares = Spares::new(shared.forward, shared.pipe_size, shared.buf_size);
-        Ok(Worker {
+        let spares = Spares::new(shared.forward);
+        let mut w = Worker {
             shared,
             epoll,
             wake,
             stop,
+            listeners: Vec::new(),
+            generation: u64::MAX,
+            paused_until: None,
             slots: Vec::new(),
             free: Vec::new(),
             spares,
             now: Instant::now(),
             debug: tracing::enabled!(tracing::Level::DEBUG),
-        })
+        };
+        w.follow_layout()?;
+        Ok(w)
     }
 
     /// Serves until the stop flag is set; then closes every connection.
@@ -132,6 +150,10 @@ impl Worker {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         while !self.stop.load(Relaxed) {
+            if let Err(e) = self.follow_layout() {
+                tracing::error!(error = %e, "cannot wait on the listeners; worker stops");
+                break;
+            }
             let n = match self.epoll.wait(&mut events, SWEEP_EVERY.as_millis() as i32) {
                 Ok(n) => n,
                 Err(e) => {
@@ -142,10 +164,9 @@ impl Worker {
             self.now = Instant::now();
             for ev in &events[..n] {
                 let (kind, slot, generation) = untoken(ev.u64);
-                let flags = ev.events;
                 match kind {
                     KIND_LISTENER => self.accept(slot),
-                    KIND_CLIENT | KIND_UPSTREAM => self.on_event(slot, generation, kind == KIND_CLIENT, flags),
+                    KIND_CLIENT | KIND_UPSTREAM => self.on_event(slot, generation, kind == KIND_CLIENT, ev.events),
                     _ => {
                         let mut buf = [0u8; 8];
                         let _ = sys::recv(self.wake.as_raw_fd(), &mut buf);
@@ -154,63 +175,106 @@ impl Worker {
             }
             if self.now >= next_sweep {
                 self.sweep();
+                self.resume_accepting();
                 next_sweep = self.now + SWEEP_EVERY;
             }
         }
+        let end = if self.shared.draining.load(Relaxed) { End::Drained } else { End::Reset };
         for i in 0..self.slots.len() {
             if let Some(conn) = self.slots[i].conn.take() {
-                self.finish(i, conn, End::Reset);
+                self.finish(i, conn, end);
+            }
+        }
+    }
+
+    /// Waits on the listeners in effect, if they changed.
+    fn follow_layout(&mut self) -> io::Result<()> {
+        if self.shared.generation() == self.generation {
+            return Ok(());
+        }
+        let layout = self.shared.layout();
+        if self.paused_until.is_none() {
+            self.unwatch_listeners();
+        }
+        self.listeners = layout.listeners.clone();
+        self.generation = layout.generation;
+        if self.paused_until.is_none() { self.watch_listeners() } else { Ok(()) }
+    }
+
+    fn watch_listeners(&self) -> io::Result<()> {
+        for (i, l) in self.listeners.iter().enumerate() {
+            self.epoll.add(l.socket.as_raw_fd(), sys::IN | sys::EXCLUSIVE, token(KIND_LISTENER, i, 0))?;
+        }
+        Ok(())
+    }
+
+    fn unwatch_listeners(&self) {
+        for l in &self.listeners {
+            let _ = self.epoll.del(l.socket.as_raw_fd());
+        }
+    }
+
+    /// Stops accepting for [`ACCEPT_PAUSE`] (the listening sockets are
+    /// level-triggered: waiting on them would wake at once, again and again).
+    fn pause_accepting(&mut self) {
+        if self.paused_until.is_none() {
+            self.unwatch_listeners();
+        }
+        self.paused_until = Some(self.now + ACCEPT_PAUSE);
+    }
+
+    fn resume_accepting(&mut self) {
+        if self.paused_until.is_some_and(|t| self.now >= t) {
+            self.paused_until = None;
+            if let Err(e) = self.watch_listeners() {
+                tracing::warn!(error = %e, "cannot wait on the listeners again; retrying");
+                self.pause_accepting();
             }
         }
     }
 
     fn accept(&mut self, li: usize) {
-        let shared = Arc::clone(&self.shared);
-        let listener = &shared.listeners[li];
+        let Some(listener) = self.listeners.get(li).cloned() else { return };
         for _ in 0..ACCEPT_BATCH {
-            let (client, peer) = match sys::accept(listener.fd.as_raw_fd()) {
+            let (client, peer) = match sys::accept(listener.socket.as_raw_fd()) {
                 Ok(c) => c,
                 Err(e) if sys::would_block(&e) => return,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => continue,
+                // A listener a reload or the drain just closed.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
                 Err(e) => {
-                    // EMFILE and friends: leave the client queued, retry on the next event.
-                    tracing::warn!(listen = %listener.settings.listen, error = %e, "accept failed");
+                    if fds::exhausted(&e) {
+                        self.shared.add(&listener, |c| &c.fd_exhausted, 1);
+                        fds::warn_exhausted("accepting a client", &e);
+                    } else {
+                        static LOG: fds::Throttle = fds::Throttle::new();
+                        if let Some(more) = LOG.allow() {
+                            tracing::warn!(listen = %listener.settings.listen, error = %e, more_since_last_line = more, "accept failed");
+                        }
+                    }
+                    // Leave the clients queued; try again shortly.
+                    self.pause_accepting();
                     return;
                 }
             };
-            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-            listener.stats.total.fetch_add(1, Relaxed);
+            let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+            self.shared.add(&listener, |c| &c.connections_total, 1);
             let slot = self.alloc_slot();
-            let conn = Box::new(Conn {
-                listener: li,
-                client,
-                peer,
-                up: None,
-                backend: 0,
-                tried: 0,
-                attempts: 0,
-                connected: false,
-                connect_deadline: self.now,
-                last: self.now,
-                started: self.now,
-                c_rd: false,
-                c_wr: false,
-                c_hup: false,
-                u_rd: false,
-                u_wr: false,
-                u_hup: false,
-                to_backend: Pump::new(),
-                to_client: Pump::new(),
-            });
+            let conn = Box::new(Conn::new(Arc::clone(&listener), client, peer, self.now));
             let generation = self.slots[slot].generation;
-            let events = sys::IN | sys::OUT | sys::RDHUP | sys::ET;
-            if let Err(e) = self.epoll.add(conn.client.as_raw_fd(), events, token(KIND_CLIENT, slot, generation)) {
+            if let Err(e) =
+                self.epoll.add(conn.client.fd.as_raw_fd(), CONN_EVENTS, token(KIND_CLIENT, slot, generation))
+            {
                 tracing::warn!(error = %e, "epoll_ctl failed; dropping a client");
                 self.free.push(slot);
                 continue;
             }
-            listener.stats.active.fetch_add(1, Relaxed);
+            self.shared.add(&listener, |c| &c.connections_active, 1);
             self.connect_next(slot, conn);
+            if self.paused_until.is_some() {
+                // Out of descriptors: the others stay in the listen queue.
+                return;
+            }
         }
     }
 
@@ -226,66 +290,81 @@ impl Worker {
 
     /// Opens an upstream connection to the next usable backend, or refuses the client.
     fn connect_next(&mut self, slot: usize, mut conn: Box<Conn>) {
-        let shared = Arc::clone(&self.shared);
-        let listener = &shared.listeners[conn.listener];
-        let max_attempts = MAX_ATTEMPTS.max(listener.pool.backends.len() as u32);
+        let listener = Arc::clone(&conn.listener);
         loop {
             // Untried backends first; once all were tried, any healthy one again.
-            let pick = if conn.attempts < max_attempts {
-                listener.pool.pick(conn.tried).or_else(|| listener.pool.pick(0))
-            } else {
+            let pick = if conn.tried.spent() {
                 None
+            } else {
+                listener.pool.pick(&conn.tried).or_else(|| listener.pool.pick(&Tried::default()))
             };
             let Some(bi) = pick else {
                 self.finish(slot, conn, End::Refused);
                 return;
             };
-            conn.attempts += 1;
-            conn.tried = mark_tried(conn.tried, bi);
-            conn.backend = bi;
-            match self.open_upstream(&conn, bi) {
-                Ok(up) => {
-                    let generation = self.slots[slot].generation;
-                    let events = sys::IN | sys::OUT | sys::RDHUP | sys::ET;
-                    if let Err(e) = self.epoll.add(up.as_raw_fd(), events, token(KIND_UPSTREAM, slot, generation)) {
-                        tracing::warn!(error = %e, "epoll_ctl failed");
-                        listener.pool.release(bi);
-                        self.finish(slot, conn, End::Reset);
+            let up = match self.open_upstream(&conn, bi) {
+                Ok(up) => up,
+                Err(e) => match self.attempt_failed(&listener, bi, &e) {
+                    Retry::Next => {
+                        conn.tried.insert(bi);
+                        continue;
+                    }
+                    Retry::Wait => return self.wait_for_descriptor(slot, conn),
+                    Retry::Refuse => {
+                        self.finish(slot, conn, End::Refused);
                         return;
                     }
-                    conn.up = Some(up);
-                    conn.connected = false;
-                    conn.u_rd = false;
-                    conn.u_wr = false;
-                    conn.connect_deadline = self.now + listener.settings.connect_timeout;
-                    self.slots[slot].conn = Some(conn);
-                    return;
-                }
-                Err(e) => {
-                    self.backend_failed(&conn, bi, &e);
-                }
+                },
+            };
+            conn.tried.insert(bi);
+            conn.waiting = None;
+            let generation = self.slots[slot].generation;
+            if let Err(e) = self.epoll.add(up.as_raw_fd(), CONN_EVENTS, token(KIND_UPSTREAM, slot, generation)) {
+                tracing::warn!(error = %e, "epoll_ctl failed");
+                listener.pool.release(bi);
+                self.finish(slot, conn, End::Reset);
+                return;
             }
+            let deadline = self.now + listener.settings.connect_timeout;
+            conn.up = Some(Upstream { side: Side::new(up), backend: bi, stage: Stage::Connecting { deadline } });
+            self.slots[slot].conn = Some(conn);
+            return;
         }
     }
 
-    fn backend_failed(&self, conn: &Conn, bi: usize, e: &io::Error) {
-        let listener = &self.shared.listeners[conn.listener];
+    /// A connect to backend `bi` failed with `e`: the backend is blamed
+    /// (and the next tried) unless the failure is this host's own.
+    fn attempt_failed(&mut self, listener: &Listener, bi: usize, e: &io::Error) -> Retry {
         let b = &listener.pool.backends[bi];
-        b.connect_failures.fetch_add(1, Relaxed);
-        listener.stats.connect_failures.fetch_add(1, Relaxed);
+        if fds::exhausted(e) {
+            // Not an attempt on the backend at all.
+            listener.pool.unpick(bi);
+            self.shared.add(listener, |c| &c.fd_exhausted, 1);
+            fds::warn_exhausted("an upstream socket", e);
+            return Retry::Wait;
+        }
         listener.pool.release(bi);
-        tracing::debug!(client = %conn.peer, backend = %b.settings.addr, error = %e, "backend connect failed");
+        if fds::local(e) {
+            static LOG: fds::Throttle = fds::Throttle::new();
+            if let Some(more) = LOG.allow() {
+                tracing::warn!(backend = %b.settings.addr, error = %e, more_since_last_line = more, "cannot open an upstream connection on this host; client refused");
+            }
+            return Retry::Refuse;
+        }
+        b.connect_failures.fetch_add(1, Relaxed);
+        self.shared.add(listener, |c| &c.backend_connect_failures, 1);
+        tracing::debug!(backend = %b.settings.addr, error = %e, "backend connect failed");
+        Retry::Next
     }
 
     /// socket → register the client's address for its cookie → connect (the
     /// writer consumes the entry; it is removed here only if connect failed).
     fn open_upstream(&self, conn: &Conn, bi: usize) -> io::Result<OwnedFd> {
-        let listener = &self.shared.listeners[conn.listener];
-        let b = &listener.pool.backends[bi].settings;
+        let b = &conn.listener.pool.backends[bi].settings;
         let up = sys::tcp_socket(&b.addr)?;
         sys::set_int(up.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
         let kind = if conn.peer.is_ipv4() { b.kind4 } else { b.kind6 };
-        let cookie = match spec_for(conn.peer, kind, None, listener.settings.packets) {
+        let cookie = match spec_for(conn.peer, kind, None, conn.listener.settings.packets) {
             Ok(spec) => self.shared.register(&up, spec),
             Err(e) => {
                 tracing::debug!(error = %e, "no option for this client");
@@ -307,110 +386,92 @@ impl Worker {
             return;
         }
         let Some(mut conn) = s.conn.take() else { return };
-        let readable = flags & (sys::IN | sys::RDHUP | sys::HUP | sys::ERR) != 0;
-        let writable = flags & (sys::OUT | sys::HUP | sys::ERR) != 0;
-        let hup = flags & (sys::RDHUP | sys::HUP | sys::ERR) != 0;
         if client_side {
-            conn.c_rd |= readable;
-            conn.c_wr |= writable;
-            conn.c_hup |= hup;
-        } else if !conn.connected {
-            let Some(up) = conn.up.as_ref() else {
+            conn.client.ready.note(flags);
+        } else {
+            let Some(up) = conn.up.as_mut() else {
                 self.finish(slot, conn, End::Reset);
                 return;
             };
-            // Writable without an error or hang-up: the connect succeeded.
-            let err = if flags & (sys::ERR | sys::HUP) == 0 {
-                None
+            if up.stage == Stage::Open {
+                up.side.ready.note(flags);
             } else {
-                match sys::take_error(up.as_raw_fd()) {
-                    Ok(Some(e)) => Some(e),
-                    Ok(None) => Some(io::Error::from(io::ErrorKind::ConnectionReset)),
-                    Err(e) => Some(e),
+                match up.connect_result(flags) {
+                    Connect::Pending => {
+                        self.slots[slot].conn = Some(conn);
+                        return;
+                    }
+                    Connect::Failed(e) => {
+                        self.retry(slot, conn, &e);
+                        return;
+                    }
+                    Connect::Done => {
+                        up.stage = Stage::Open;
+                        up.side.ready = Ready { writable: true, ..Ready::default() };
+                        up.side.ready.note(flags);
+                    }
                 }
-            };
-            if let Some(e) = err {
-                self.drop_upstream(&mut conn);
-                self.backend_failed(&conn, conn.backend, &e);
-                self.connect_next(slot, conn);
-                return;
             }
-            if flags & sys::OUT == 0 {
-                self.slots[slot].conn = Some(conn);
-                return;
-            }
-            conn.connected = true;
-            conn.u_rd = readable;
-            conn.u_wr = true;
-            conn.u_hup = hup;
-        } else {
-            conn.u_rd |= readable;
-            conn.u_wr |= writable;
-            conn.u_hup |= hup;
         }
         self.drive(slot, conn);
     }
 
-    fn drop_upstream(&mut self, conn: &mut Conn) {
-        if let Some(up) = conn.up.take() {
-            // Closing the descriptor also removes it from the epoll set.
-            sys::set_linger_zero(up.as_raw_fd());
+    /// Keeps a client whose upstream socket could not be made for lack of
+    /// descriptors: the sweep tries again, until its connect timeout; no new
+    /// client is accepted meanwhile (they wait in the listen queue, where
+    /// they hold no descriptor of ours).
+    fn wait_for_descriptor(&mut self, slot: usize, mut conn: Box<Conn>) {
+        let deadline = *conn.waiting.get_or_insert(self.now + conn.listener.settings.connect_timeout);
+        if self.now >= deadline {
+            self.finish(slot, conn, End::Refused);
+            return;
         }
-        conn.connected = false;
+        self.pause_accepting();
+        self.slots[slot].conn = Some(conn);
+    }
+
+    /// The connect under way failed with `e`: close it, then the next backend.
+    fn retry(&mut self, slot: usize, mut conn: Box<Conn>, e: &io::Error) {
+        let Some(up) = conn.up.take() else { return self.finish(slot, conn, End::Reset) };
+        // Closing the descriptor (when `up` drops) also removes it from the epoll set.
+        sys::set_linger_zero(up.side.fd.as_raw_fd());
+        let listener = Arc::clone(&conn.listener);
+        match self.attempt_failed(&listener, up.backend, e) {
+            Retry::Next => self.connect_next(slot, conn),
+            Retry::Wait => self.wait_for_descriptor(slot, conn),
+            Retry::Refuse => self.finish(slot, conn, End::Refused),
+        }
     }
 
     /// Moves bytes both ways until nothing more can move; ends the connection when both directions are done.
     fn drive(&mut self, slot: usize, mut conn: Box<Conn>) {
-        let stats = &self.shared.listeners[conn.listener].stats;
-        let client = conn.client.as_raw_fd();
-        let up = conn.up.as_ref().map_or(-1, |u| u.as_raw_fd());
-        let connected = conn.connected;
-        let c = &mut *conn;
-        let r1 = c.to_backend.run(
-            &mut self.spares,
-            Ends {
-                src: client,
-                dst: up,
-                src_readable: &mut c.c_rd,
-                src_hup: c.c_hup,
-                dst_writable: &mut c.u_wr,
-                dst_open: connected,
-                other_done: c.to_client.done(),
-            },
-        );
-        let r2 = match (connected, &r1) {
-            (true, Ok(_)) => c.to_client.run(
-                &mut self.spares,
-                Ends {
-                    src: up,
-                    dst: client,
-                    src_readable: &mut c.u_rd,
-                    src_hup: c.u_hup,
-                    dst_writable: &mut c.c_wr,
-                    dst_open: true,
-                    other_done: c.to_backend.done(),
-                },
-            ),
-            _ => Ok(Default::default()),
-        };
-        match (r1, r2) {
-            (Ok(a), Ok(b)) => {
-                if a.any || b.any {
+        let result = conn.pump(&mut self.spares);
+        let fallbacks = self.spares.take_fallbacks();
+        if fallbacks > 0 {
+            self.shared.add(&conn.listener, |c| &c.fd_exhausted, fallbacks);
+            fds::warn_exhausted(
+                "a pipe; forwarding through a buffer instead",
+                &io::Error::from_raw_os_error(libc::EMFILE),
+            );
+        }
+        match result {
+            Ok((up, down)) => {
+                if up.any || down.any {
                     conn.last = self.now;
                 }
-                if a.bytes > 0 {
-                    stats.bytes_up.fetch_add(a.bytes, Relaxed);
+                if up.bytes > 0 {
+                    self.shared.add(&conn.listener, |c| &c.bytes_client_to_backend, up.bytes);
                 }
-                if b.bytes > 0 {
-                    stats.bytes_down.fetch_add(b.bytes, Relaxed);
+                if down.bytes > 0 {
+                    self.shared.add(&conn.listener, |c| &c.bytes_backend_to_client, down.bytes);
                 }
-                if conn.to_backend.done() && conn.to_client.done() {
+                if conn.done() {
                     self.finish(slot, conn, End::Done);
                 } else {
                     self.slots[slot].conn = Some(conn);
                 }
             }
-            (Err(e), _) | (_, Err(e)) => {
+            Err(e) => {
                 if self.debug {
                     tracing::debug!(client = %conn.peer, error = %e, "connection reset");
                 }
@@ -419,17 +480,18 @@ impl Worker {
         }
     }
 
+    /// Connect timeouts (then the next backend), clients waiting for a
+    /// descriptor (another try), and idle timeouts.
     fn sweep(&mut self) {
         for i in 0..self.slots.len() {
             let Some(conn) = self.slots[i].conn.as_ref() else { continue };
-            let settings = &self.shared.listeners[conn.listener].settings;
-            if !conn.connected && conn.up.is_some() && self.now >= conn.connect_deadline {
-                let Some(mut conn) = self.slots[i].conn.take() else { continue };
-                self.drop_upstream(&mut conn);
-                let e = io::Error::from(io::ErrorKind::TimedOut);
-                self.backend_failed(&conn, conn.backend, &e);
+            if conn.waiting.is_some() && conn.up.is_none() {
+                let Some(conn) = self.slots[i].conn.take() else { continue };
                 self.connect_next(i, conn);
-            } else if conn.connected && self.now.duration_since(conn.last) >= settings.idle_timeout {
+            } else if conn.connect_timed_out(self.now) {
+                let Some(conn) = self.slots[i].conn.take() else { continue };
+                self.retry(i, conn, &io::Error::from(io::ErrorKind::TimedOut));
+            } else if conn.idle(self.now) {
                 let Some(conn) = self.slots[i].conn.take() else { continue };
                 self.finish(i, conn, End::Idle);
             }
@@ -438,33 +500,23 @@ impl Worker {
 
     /// Closes both sockets (with a RST unless the end was orderly) and frees the slot.
     fn finish(&mut self, slot: usize, mut conn: Box<Conn>, end: End) {
-        let listener = &self.shared.listeners[conn.listener];
-        let stats = &listener.stats;
-        match end {
-            End::Done => {}
-            End::Reset => {
-                stats.resets.fetch_add(1, Relaxed);
-            }
-            End::Idle => {
-                stats.idle_timeouts.fetch_add(1, Relaxed);
-            }
-            End::Refused => {
-                stats.refused.fetch_add(1, Relaxed);
-            }
+        let listener = Arc::clone(&conn.listener);
+        if let Some(which) = end.counter() {
+            self.shared.add(&listener, which, 1);
         }
         // Closing the descriptors (when `conn` drops) also removes them from the epoll set.
         if end != End::Done {
-            sys::set_linger_zero(conn.client.as_raw_fd());
+            sys::set_linger_zero(conn.client.fd.as_raw_fd());
         }
         if let Some(up) = conn.up.take() {
             if end != End::Done {
-                sys::set_linger_zero(up.as_raw_fd());
+                sys::set_linger_zero(up.side.fd.as_raw_fd());
             }
-            listener.pool.release(conn.backend);
+            listener.pool.release(up.backend);
             if self.debug {
                 tracing::debug!(
                     client = %conn.peer,
-                    backend = %listener.pool.backends[conn.backend].settings.addr,
+                    backend = %listener.pool.backends[up.backend].settings.addr,
                     to_backend = conn.to_backend.bytes,
                     to_client = conn.to_client.bytes,
                     ms = self.now.duration_since(conn.started).as_millis() as u64,
@@ -475,7 +527,7 @@ impl Worker {
         } else if self.debug {
             tracing::debug!(client = %conn.peer, end = ?end, "client refused: no backend");
         }
-        stats.active.fetch_sub(1, Relaxed);
+        self.shared.sub(&listener, |c| &c.connections_active, 1);
         conn.to_backend.release(&mut self.spares);
         conn.to_client.release(&mut self.spares);
         drop(conn);

@@ -6,7 +6,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
     Error, Result,
-    config::proxy::{Balance, Forward, HealthConfig, ListenerConfig, ProxyConfig},
+    config::proxy::{
+        Balance, Forward, HealthConfig, ListenerConfig, ProxyConfig, ProxyName, default_stats_socket, limits,
+    },
 };
 
 /// One backend, its option kinds resolved.
@@ -89,33 +91,75 @@ impl ListenerSettings {
 /// Everything the proxy needs to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
+    /// The instance's name (its stats socket, `toa stats`, the logs).
+    pub name: ProxyName,
     /// The listeners.
     pub listeners: Vec<ListenerSettings>,
     /// Worker threads.
     pub workers: usize,
     /// Where the counters are served.
     pub stats_socket: PathBuf,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// The forwarding path.
     pub forward: Forward,
+    /// How long open connections may finish after SIGTERM.
+    pub drain_timeout: Duration,
 }
 
 impl Settings {
-    /// Checks a `[proxy]` section (the rules across keys, and that there is
-    /// something to forward) and resolves the worker count (0: one per CPU).
+    /// Checks a `[proxy]` section (the bounds of every value, the rules
+    /// across keys, and that there is something to forward) and resolves
+    /// what it leaves open: the name (from the first listener), the stats
+    /// socket (from the name) and the worker count (0: one per CPU, within
+    /// [`limits::MAX_WORKERS`]).
     pub fn from_config(config: &ProxyConfig) -> Result<Settings> {
         config.check()?;
-        if config.listeners.is_empty() {
+        let Some(first) = config.listeners.first() else {
             return Err(Error::Invalid(
                 "nothing to forward: give --listen ADDR:PORT --backend ADDR:PORT, or [[proxy.listener]] in the config file"
                     .into(),
             ));
-        }
+        };
         let listeners = config.listeners.iter().map(ListenerSettings::from_config).collect::<Result<Vec<_>>>()?;
         let workers = match config.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(limits::MAX_WORKERS),
             n => n,
         };
-        Ok(Settings { listeners, workers, stats_socket: config.stats_socket.clone(), forward: config.forward })
+        let name = config.name.clone().unwrap_or_else(|| ProxyName::from_listener(first.listen));
+        let stats_socket = config.stats_socket.clone().unwrap_or_else(|| default_stats_socket(&name));
+        Ok(Settings {
+            name,
+            listeners,
+            workers,
+            stats_socket,
+            metrics_listen: config.metrics_listen.0,
+            forward: config.forward,
+            drain_timeout: config.drain_timeout.get(),
+        })
+    }
+
+    /// The settings a reload cannot change in a running proxy (they are
+    /// fixed by the threads, sockets and names it made at start): the keys
+    /// that differ in `next`.
+    pub fn fixed_at_start(&self, next: &Settings) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.name != next.name {
+            keys.push("name");
+        }
+        if self.stats_socket != next.stats_socket {
+            keys.push("stats_socket");
+        }
+        if self.metrics_listen != next.metrics_listen {
+            keys.push("metrics_listen");
+        }
+        if self.workers != next.workers {
+            keys.push("workers");
+        }
+        if self.forward != next.forward {
+            keys.push("forward");
+        }
+        keys
     }
 }
 
@@ -153,6 +197,9 @@ mod tests {
         let s = Settings::from_config(&c).expect("valid");
         assert_eq!(s.workers, 2);
         assert_eq!(s.stats_socket, Path::new("/tmp/p.sock"));
+        assert_eq!(s.name.as_str(), "0.0.0.0-80", "from the first listener");
+        assert_eq!(s.metrics_listen, None);
+        assert_eq!(s.drain_timeout, Duration::from_secs(30));
         assert_eq!(s.listeners.len(), 2);
         let a = &s.listeners[0];
         assert_eq!(a.balance, Balance::LeastConn);
@@ -180,5 +227,38 @@ mod tests {
         .expect("valid")
         .workers;
         assert!(workers >= 1, "0 means one per CPU");
+    }
+
+    #[test]
+    fn the_name_and_the_stats_socket_follow_the_first_listener_unless_given() {
+        let l = "[[proxy.listener]]\nlisten = \"[2001:db8::1]:443\"\nbackends = [\"192.0.2.2:80\"]\n";
+        let s = Settings::from_config(&section(l)).expect("valid");
+        assert_eq!(s.name.as_str(), "2001_db8__1-443");
+        assert_eq!(s.stats_socket, Path::new("/run/toa/proxy-2001_db8__1-443.sock"));
+        let s = Settings::from_config(&section(&format!("[proxy]\nname = \"api\"\n{l}"))).expect("valid");
+        assert_eq!(s.stats_socket, Path::new("/run/toa/proxy-api.sock"));
+        let t = Settings::from_config(&section(&format!("[proxy]\nname = \"web\"\nworkers = 3\n{l}"))).expect("valid");
+        assert_eq!(s.fixed_at_start(&t), ["name", "stats_socket", "workers"]);
+        assert!(s.fixed_at_start(&s).is_empty());
+    }
+
+    #[test]
+    fn values_out_of_bounds_are_refused_naming_the_key_and_its_flag() {
+        let mut c = section("[[proxy.listener]]\nlisten = \"0.0.0.0:80\"\nbackends = [\"192.0.2.2:80\"]\n");
+        let bad = |c: &ProxyConfig| Settings::from_config(c).expect_err("out of bounds").to_string();
+        c.listeners[0].idle_timeout = "0".parse().expect("duration");
+        assert!(bad(&c).contains("idle_timeout (--idle-timeout) must be at least 1s, not 0s"), "{}", bad(&c));
+        c.listeners[0].idle_timeout = "1s".parse().expect("duration");
+        c.listeners[0].connect_timeout = "50ms".parse().expect("duration");
+        assert!(bad(&c).contains("connect_timeout (--connect-timeout)"), "{}", bad(&c));
+        c.listeners[0].connect_timeout = "100ms".parse().expect("duration");
+        c.listeners[0].health.interval = "1ms".parse().expect("duration");
+        assert!(bad(&c).contains("health interval (--health-interval)"), "{}", bad(&c));
+        c.listeners[0].health.interval = "0".parse().expect("duration");
+        assert!(Settings::from_config(&c).is_ok(), "0 turns checks off");
+        c.workers = limits::MAX_WORKERS + 1;
+        assert!(bad(&c).contains("workers (--workers) is at most 1024"), "{}", bad(&c));
+        c.workers = limits::MAX_WORKERS;
+        assert_eq!(Settings::from_config(&c).expect("at the limit").workers, limits::MAX_WORKERS);
     }
 }

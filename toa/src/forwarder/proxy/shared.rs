@@ -1,68 +1,138 @@
 //! What the workers, the health checker and the stats server share: the
-//! listeners with their backends and counters, and the option writer's map.
+//! listeners in effect (replaced as a whole by a reload), the proxy's
+//! counters, and the option writer's map.
 
 use std::{
-    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
+    os::fd::{AsFd, OwnedFd},
     sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
 };
 
 use toa_common::inject::InjectSpec;
 
-use super::{pool, settings::ListenerSettings};
+use super::{
+    counts::{self, LiveCounts, Which},
+    pool,
+    settings::ListenerSettings,
+};
 use crate::{
-    config::proxy::Forward,
-    forwarder::inject::Injector,
-    sys::{bpf, net},
+    config::proxy::{Forward, ProxyName},
+    forwarder::inject::{Injector, Targets},
+    sys::net,
 };
 
-/// One listening socket with its backends and counters.
+/// One listener: its socket, its backends and its counters.
+///
+/// A reload makes a new `Listener` for every listener it keeps, on the same
+/// socket and counters (and backends, where they stay); connections hold
+/// the `Listener` they were accepted on, so they go on with what it said.
 pub struct Listener {
     /// What it was configured with.
     pub settings: ListenerSettings,
     /// The listening socket, shared by all workers.
-    pub fd: OwnedFd,
+    pub socket: Arc<OwnedFd>,
     /// Its backends.
     pub pool: pool::Pool,
     /// Its counters.
-    pub stats: ListenerStats,
+    pub counts: Arc<LiveCounts>,
+}
+
+/// The listeners in effect, and which reload made them.
+pub struct Layout {
+    /// Counts up with each change (reload, drain).
+    pub generation: u64,
+    /// The listeners, in configuration order.
+    pub listeners: Vec<Arc<Listener>>,
 }
 
 /// What the workers, the health checker and the stats server share.
 pub struct Shared {
-    /// The listeners.
-    pub listeners: Vec<Listener>,
+    /// The instance's name.
+    pub name: ProxyName,
     /// The forwarding path.
     pub forward: Forward,
-    /// Pipe capacity for `splice`.
-    pub pipe_size: usize,
-    /// Buffer size for `copy`.
-    pub buf_size: usize,
-    injector: Option<Mutex<Injector>>,
-    /// The injector's targets map (valid while `injector` lives).
-    targets: Option<RawFd>,
+    /// Counters of the whole proxy (also of listeners a reload removed).
+    pub totals: LiveCounts,
+    /// Reloads applied.
+    pub reloads: AtomicU64,
+    /// Reloads refused (the previous configuration stayed).
+    pub reload_failures: AtomicU64,
+    /// Set once SIGTERM arrived: no listener is left, open connections finish.
+    pub draining: AtomicBool,
+    /// Why the last reload was refused (none once one is applied).
+    last_reload_error: Mutex<Option<String>>,
+    layout: RwLock<Arc<Layout>>,
+    generation: AtomicU64,
+    injector: Mutex<Injector>,
+    targets: Targets,
 }
 
-/// Pipe capacity asked for (the kernel rounds it to pages).
-pub const PIPE_SIZE: usize = 1 << 20;
-/// Buffer size of the copy path.
-pub const BUF_SIZE: usize = 256 << 10;
-
 impl Shared {
-    /// What the workers share: the listeners, the forwarding path, and the
-    /// writer whose map they register each upstream socket in.
-    pub fn new(listeners: Vec<Listener>, forward: Forward, injector: Injector) -> Shared {
-        let targets = Some(injector.targets_fd().as_raw_fd());
-        Shared {
-            listeners,
+    /// What the workers share: the first listeners, the forwarding path,
+    /// and the writer whose map they register each upstream socket in.
+    pub fn new(
+        name: ProxyName,
+        listeners: Vec<Arc<Listener>>,
+        forward: Forward,
+        injector: Injector,
+    ) -> crate::Result<Shared> {
+        let targets = injector.targets()?;
+        Ok(Shared {
+            name,
             forward,
-            pipe_size: PIPE_SIZE,
-            buf_size: BUF_SIZE,
-            injector: Some(Mutex::new(injector)),
+            totals: LiveCounts::default(),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            last_reload_error: Mutex::new(None),
+            layout: RwLock::new(Arc::new(Layout { generation: 0, listeners })),
+            generation: AtomicU64::new(0),
+            injector: Mutex::new(injector),
             targets,
-        }
+        })
+    }
+
+    /// The listeners in effect.
+    pub fn layout(&self) -> Arc<Layout> {
+        Arc::clone(&self.layout.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The generation of [`Shared::layout`], without a lock: a worker
+    /// compares it with its own on every turn.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Relaxed)
+    }
+
+    /// Puts `listeners` in effect; returns the layout they replace.
+    pub fn publish(&self, listeners: Vec<Arc<Listener>>) -> Arc<Layout> {
+        let mut guard = self.layout.write().unwrap_or_else(|e| e.into_inner());
+        let next = Arc::new(Layout { generation: guard.generation + 1, listeners });
+        self.generation.store(next.generation, Relaxed);
+        std::mem::replace(&mut *guard, next)
+    }
+
+    /// Records why the last reload was refused (`None`: it was applied).
+    ///
+    /// Set before the reload is counted, so that whoever sees the count sees the reason.
+    pub fn set_reload_error(&self, error: Option<String>) {
+        *self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+
+    /// Why the last reload was refused, if it was.
+    pub fn last_reload_error(&self) -> Option<String> {
+        self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Adds `n` to a counter of `listener` and of the proxy.
+    pub fn add(&self, listener: &Listener, which: Which, n: u64) {
+        counts::add([&listener.counts, &self.totals], which, n);
+    }
+
+    /// Takes `n` from a gauge of `listener` and of the proxy.
+    pub fn sub(&self, listener: &Listener, which: Which, n: u64) {
+        counts::sub([&listener.counts, &self.totals], which, n);
     }
 
     /// Registers `spec` for `socket`'s cookie; returns the cookie to forget after `connect()`.
@@ -70,15 +140,7 @@ impl Shared {
     /// Workers call this concurrently: it is one `bpf(2)` call on the map's
     /// descriptor, no lock.
     pub fn register(&self, socket: impl AsFd, spec: InjectSpec) -> Option<u64> {
-        let map = self.targets?;
-        // SAFETY: the injector that owns the map lives in `self` as long as the call.
-        let map = unsafe { BorrowedFd::borrow_raw(map) };
-        let result = net::socket_cookie(socket).and_then(|cookie| {
-            // SAFETY: the map's key is the u64 cookie and its value an
-            // `InjectSpec` (checked when the injector took the map).
-            unsafe { bpf::map_update(map, &cookie, &spec) }?;
-            Ok(cookie)
-        });
+        let result = net::socket_cookie(socket).and_then(|cookie| self.targets.insert(cookie, &spec).map(|()| cookie));
         match result {
             Ok(cookie) => Some(cookie),
             Err(e) => {
@@ -90,11 +152,7 @@ impl Shared {
 
     /// Drops the entry of a cookie (already gone if the writer consumed it).
     pub fn forget(&self, cookie: u64) {
-        let Some(map) = self.targets else { return };
-        // SAFETY: the injector that owns the map lives in `self` as long as the call.
-        let map = unsafe { BorrowedFd::borrow_raw(map) };
-        // SAFETY: the map's key is the u64 cookie.
-        if let Err(e) = unsafe { bpf::map_delete(map, &cookie) }
+        if let Err(e) = self.targets.remove(cookie)
             && e.raw_os_error() != Some(libc::ENOENT)
         {
             tracing::warn!(error = %e, cookie, "cannot remove a socket's entry");
@@ -103,48 +161,10 @@ impl Shared {
 
     /// Packets that got the option, and packets that had no room for it.
     pub fn option_counters(&self) -> (u64, u64) {
-        let Some(injector) = &self.injector else { return (0, 0) };
-        let guard = injector.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.injector.lock().unwrap_or_else(|e| e.into_inner());
         match guard.counters() {
             Ok(s) => (s.total("inject_written").unwrap_or(0), s.total("inject_no_room").unwrap_or(0)),
             Err(_) => (0, 0),
         }
-    }
-}
-
-/// Counters of one listener.
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    /// Open client connections.
-    pub active: AtomicU64,
-    /// Client connections accepted, ever.
-    pub total: AtomicU64,
-    /// Clients refused: no healthy backend, or every backend tried failed.
-    pub refused: AtomicU64,
-    /// Bytes forwarded from clients to backends.
-    pub bytes_up: AtomicU64,
-    /// Bytes forwarded from backends to clients.
-    pub bytes_down: AtomicU64,
-    /// Backend connects that failed or timed out.
-    pub connect_failures: AtomicU64,
-    /// Connections closed for being idle.
-    pub idle_timeouts: AtomicU64,
-    /// Connections ended by a reset or error on either side.
-    pub resets: AtomicU64,
-}
-
-impl ListenerStats {
-    /// The values, in the order of the stats' counter names.
-    pub fn values(&self) -> [u64; 8] {
-        [
-            self.active.load(Relaxed),
-            self.total.load(Relaxed),
-            self.refused.load(Relaxed),
-            self.bytes_up.load(Relaxed),
-            self.bytes_down.load(Relaxed),
-            self.connect_failures.load(Relaxed),
-            self.idle_timeouts.load(Relaxed),
-            self.resets.load(Relaxed),
-        ]
     }
 }
