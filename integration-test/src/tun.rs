@@ -62,6 +62,9 @@ pub const PREFIX_V6: u8 = 64;
 pub const WINDOW: u16 = 65535;
 /// Segments of other connections kept for later [`TunPeer::recv`] calls.
 const BACKLOG: usize = 1024;
+/// How long a handshake waits for the SYN-ACK before sending its SYN again
+/// (the kernel's own initial retransmission timeout).
+const SYN_RETRANSMIT: Duration = Duration::from_secs(1);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -358,10 +361,23 @@ impl TunPeer {
     ) -> Result<Conn, HandshakeError> {
         let deadline = Instant::now() + timeout;
         let iss = self.random();
-        self.write_segment(&SegmentSpec::new(client, server, iss, 0, SYN).options(syn_options).window(WINDOW));
+        let syn = SegmentSpec::new(client, server, iss, 0, SYN).options(syn_options).window(WINDOW);
+        self.write_segment(&syn);
         let expected_ack = iss.wrapping_add(1);
+        // As a TCP client would, send the SYN again when nothing came back: a
+        // SYN written while the namespace's stack is still settling (a new
+        // TUN, a loaded machine) can be lost, and the SYN-ACK with it.
+        let mut retransmit = Instant::now() + SYN_RETRANSMIT;
         loop {
-            let s = self.next_of(client, server, deadline).ok_or(HandshakeError::Timeout)?;
+            let wait = retransmit.min(deadline);
+            let Some(s) = self.next_of(client, server, wait) else {
+                if Instant::now() >= deadline {
+                    return Err(HandshakeError::Timeout);
+                }
+                self.write_segment(&syn);
+                retransmit = Instant::now() + SYN_RETRANSMIT;
+                continue;
+            };
             if s.has(RST) {
                 return Err(HandshakeError::Reset(Box::new(s)));
             }
