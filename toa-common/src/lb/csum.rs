@@ -52,8 +52,26 @@ pub fn sum_bytes(bytes: &[u8]) -> u32 {
     sum
 }
 
+/// The partial sum of the first `len` bytes (at most 64, rounded down to
+/// even) of a 64-byte buffer, with masked indices for the eBPF verifier.
+#[inline(never)]
+pub fn sum_prefix(buf: &[u8; 64], len: usize) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0usize;
+    while i + 1 < 64 {
+        if i + 1 >= len {
+            break;
+        }
+        sum = add(sum, ((buf[i & 63] as u32) << 8) | buf[(i + 1) & 63] as u32);
+        i += 2;
+    }
+    sum
+}
+
 /// The partial sum of a 16-byte address (IPv4 uses only the first 4 bytes).
-#[inline(always)]
+/// Not inlined: a BPF function call is cheaper than the registers a fully
+/// unrolled sum of several addresses spills to the 512-byte stack.
+#[inline(never)]
 pub fn sum_addr(addr: &[u8; 16], v6: bool) -> u32 {
     let n = if v6 { 16 } else { 4 };
     let mut sum = 0u32;
@@ -215,6 +233,15 @@ mod tests {
         let mut shifted = [0u8; 41];
         shifted[8..].copy_from_slice(&data);
         assert_eq!(fold(sum_bytes(&data)), fold(sum_bytes(&shifted)));
+    }
+
+    #[test]
+    fn prefix_sums() {
+        let mut rng = Rng(3);
+        let b: [u8; 64] = rng.bytes();
+        for len in [0, 1, 2, 20, 40, 63, 64, 100] {
+            assert_eq!(sum_prefix(&b, len), sum_bytes(&b[..len.min(64) & !1]), "len {len}");
+        }
     }
 
     #[test]

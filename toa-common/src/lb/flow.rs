@@ -118,6 +118,9 @@ pub mod flow_flags {
     pub const DATA_ACKED: u8 = 2;
     /// At least one packet of the flow carried the option.
     pub const OPTION_SENT: u8 = 4;
+    /// The client sent the first FIN: after the second, the backend (which
+    /// closed last) keeps no TIME_WAIT, so the local port is free at once.
+    pub const CLIENT_FIN_FIRST: u8 = 8;
 }
 
 /// A flow's translation and state: value of `LB_FLOWS`.

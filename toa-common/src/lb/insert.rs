@@ -104,28 +104,40 @@ fn class_of(kind: u8, len: usize) -> u8 {
 }
 
 /// One pass: validates the list and measures each class. `None` when broken.
+///
+/// The running state lives in `b.census` (volatile), for the reason given
+/// at [`copy_kept`].
 #[inline(never)]
-fn census(old: &[u8; OPTION_BUF_LEN], len: usize) -> Option<Census> {
-    let mut c = Census::default();
+fn census(b: &mut InsertBufs, len: usize) -> Option<Census> {
+    const EOL: u32 = 1 << 15;
+    let InsertBufs { old, census, .. } = b;
+    let st: *mut u32 = census.as_mut_ptr();
+    // SAFETY (all volatile accesses): `st` points at the 5 words of `b.census`.
+    let get = |i: usize| unsafe { core::ptr::read_volatile(st.add(i)) };
+    let set = |i: usize, v: u32| unsafe { core::ptr::write_volatile(st.add(i), v) };
+    let bump = |i: usize, by: u32| set(i, get(i) + by);
+    let mut i = 0;
+    while i < 5 {
+        set(i, 0);
+        i += 1;
+    }
     let mut pos = 0usize;
-    // Bytes of the current option still to skip (its kind and length read).
-    let mut left = 0usize;
-    let mut at_eol = false;
     while pos < MAX_OPTIONS_LEN {
         if pos >= len {
             break;
         }
-        if at_eol {
-            c.padding += 1;
-        } else if left > 0 {
-            left -= 1;
+        let skip = get(0);
+        if skip & EOL != 0 {
+            bump(2, 1);
+        } else if skip > 0 {
+            set(0, skip - 1);
         } else {
             let kind = old[pos & MASK];
             if kind == TCPOPT_EOL {
-                at_eol = true;
-                c.padding += 1;
+                set(0, EOL);
+                bump(2, 1);
             } else if kind == TCPOPT_NOP {
-                c.padding += 1;
+                bump(2, 1);
             } else {
                 if pos + 1 >= len {
                     return None;
@@ -134,37 +146,56 @@ fn census(old: &[u8; OPTION_BUF_LEN], len: usize) -> Option<Census> {
                 if olen < 2 || pos + olen > len {
                     return None;
                 }
-                match class_of(kind, olen) {
-                    2 => c.toa += olen,
-                    3 => c.sack += olen,
-                    _ => c.keep += olen,
-                }
-                left = olen - 1;
+                bump(1 + class_slot(kind, olen), olen as u32);
+                set(0, olen as u32 - 1);
             }
         }
         pos += 1;
     }
-    Some(c)
+    Some(Census { keep: get(1) as usize, padding: get(2) as usize, toa: get(3) as usize, sack: get(4) as usize })
 }
 
-/// Copies the options of `old[..len]` whose class survives `stage` behind
-/// `w` bytes already in `out`; returns the new write position.
+/// The `census` slot of an option's class: 0 kept, 2 old TOA, 3 SACK.
+#[inline(always)]
+fn class_slot(kind: u8, len: usize) -> usize {
+    match class_of(kind, len) {
+        2 => 2,
+        3 => 3,
+        _ => 0,
+    }
+}
+
+/// Copies the options of `b.old[..len]` whose class survives `stage` behind
+/// `w` bytes already in `b.out`; returns the new write position.
+///
+/// The write position lives in memory (`b.cursor`, volatile): in a register
+/// it would hold a different exact value on every path through the loop,
+/// and the eBPF verifier, unable to merge those paths, would walk 2^40 of
+/// them; read back from a map value it is one unknown (masked) index.
 #[inline(never)]
-fn copy_kept(old: &[u8; OPTION_BUF_LEN], len: usize, stage: u8, out: &mut [u8; OPTION_BUF_LEN], w: usize) -> usize {
-    let mut w = w;
+fn copy_kept(b: &mut InsertBufs, len: usize, stage: u8, w: usize) -> usize {
+    const KEEP: u32 = 1 << 15;
+    let InsertBufs { old, out, cursor, left, .. } = b;
+    let cursor: *mut u32 = cursor;
+    let left: *mut u32 = left;
+    // SAFETY: `cursor` and `left` point at fields of `b`, borrowed mutably here.
+    unsafe {
+        core::ptr::write_volatile(cursor, w as u32);
+        core::ptr::write_volatile(left, 0);
+    }
     let mut pos = 0usize;
-    let mut left = 0usize;
-    let mut keeping = false;
     while pos < MAX_OPTIONS_LEN {
         if pos >= len {
             break;
         }
         let byte = old[pos & MASK];
-        if left > 0 {
-            left -= 1;
-            if keeping {
-                out[w & MASK] = byte;
-                w += 1;
+        // SAFETY: as above.
+        let l = unsafe { core::ptr::read_volatile(left) };
+        if l & !KEEP > 0 {
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(left, l - 1) };
+            if l & KEEP != 0 {
+                put(out, cursor, byte);
             }
         } else if byte == TCPOPT_EOL {
             // Everything after an end-of-list is padding: dropped from stage 1.
@@ -174,46 +205,88 @@ fn copy_kept(old: &[u8; OPTION_BUF_LEN], len: usize, stage: u8, out: &mut [u8; O
         } else {
             let olen = old[(pos + 1) & MASK] as usize;
             let class = class_of(byte, olen);
-            keeping = class == 0 || class > stage;
-            left = olen - 1;
+            let keeping = class == 0 || class > stage;
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(left, (olen as u32 - 1) | if keeping { KEEP } else { 0 }) };
             if keeping {
-                out[w & MASK] = byte;
-                w += 1;
+                put(out, cursor, byte);
             }
         }
         pos += 1;
     }
-    w
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(cursor) as usize }
 }
 
-/// Plans the insertion of `opt[..opt_len]` into the options area
-/// `old[..old_len]` (`old_len` a multiple of 4, at most 40) and writes the new
-/// area into `out` (bytes past [`Plan::new_len`] are zero). `out` is only
-/// meaningful for [`Outcome::Inserted`] and [`Outcome::Compacted`].
+/// Appends `byte` at the cursor.
+#[inline(always)]
+fn put(out: &mut [u8; OPTION_BUF_LEN], cursor: *mut u32, byte: u8) {
+    // SAFETY: `cursor` points at a live field next to `out` (see `copy_kept`).
+    let w = unsafe { core::ptr::read_volatile(cursor) } as usize;
+    out[w & MASK] = byte;
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(cursor, (w + 1) as u32) };
+}
+
+/// The planner's buffers, kept together so that the eBPF programs can hold
+/// them in one map value instead of their 512-byte stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InsertBufs {
+    /// The existing options area.
+    pub old: [u8; OPTION_BUF_LEN],
+    /// The option to insert.
+    pub opt: [u8; OPTION_BUF_LEN],
+    /// The new options area.
+    pub out: [u8; OPTION_BUF_LEN],
+    /// Write position while compacting (see [`copy_kept`]).
+    pub cursor: u32,
+    /// Bytes of the current option still to walk while compacting, and
+    /// (bit 15) whether it is kept.
+    pub left: u32,
+    /// The census' running state: bytes still to skip (bit 15: after an
+    /// end-of-list), then the sums by class (kept, padding, TOA, SACK).
+    pub census: [u32; 5],
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<InsertBufs>() == 224);
+
+impl InsertBufs {
+    /// All zero.
+    pub const ZERO: InsertBufs = InsertBufs {
+        old: [0; OPTION_BUF_LEN],
+        opt: [0; OPTION_BUF_LEN],
+        out: [0; OPTION_BUF_LEN],
+        cursor: 0,
+        left: 0,
+        census: [0; 5],
+        _pad: 0,
+    };
+}
+
+/// Plans the insertion of `b.opt[..opt_len]` into the options area
+/// `b.old[..old_len]` (`old_len` a multiple of 4, at most 40) and writes the
+/// new area into `b.out` (bytes past [`Plan::new_len`] are zero). `b.out` is
+/// only meaningful for [`Outcome::Inserted`] and [`Outcome::Compacted`].
 #[inline(never)]
-pub fn plan_insert(
-    old: &[u8; OPTION_BUF_LEN],
-    old_len: usize,
-    opt: &[u8; OPTION_BUF_LEN],
-    opt_len: usize,
-    out: &mut [u8; OPTION_BUF_LEN],
-    plan: &mut Plan,
-) -> Outcome {
+pub fn plan_insert(b: &mut InsertBufs, old_len: usize, opt_len: usize, plan: &mut Plan) -> Outcome {
     *plan = Plan::default();
     let old_len = if old_len > MAX_OPTIONS_LEN { MAX_OPTIONS_LEN } else { old_len };
     if opt_len == 0 || opt_len > MAX_OPTIONS_LEN || !opt_len.is_multiple_of(4) || !old_len.is_multiple_of(4) {
         return Outcome::NoRoom;
     }
-    let Some(c) = census(old, old_len) else {
+    let Some(c) = census(b, old_len) else {
         return Outcome::Malformed;
     };
-    *out = [0; OPTION_BUF_LEN];
+    b.out = [0; OPTION_BUF_LEN];
     let mut i = 0usize;
     while i < MAX_OPTIONS_LEN {
         if i >= opt_len {
             break;
         }
-        out[i & MASK] = opt[i & MASK];
+        b.out[i & MASK] = b.opt[i & MASK];
         i += 1;
     }
     if old_len + opt_len <= MAX_OPTIONS_LEN {
@@ -223,7 +296,7 @@ pub fn plan_insert(
             if j >= old_len {
                 break;
             }
-            out[(opt_len + j) & MASK] = old[j & MASK];
+            b.out[(opt_len + j) & MASK] = b.old[j & MASK];
             j += 1;
         }
         plan.new_len = (opt_len + old_len) as u32;
@@ -242,7 +315,7 @@ pub fn plan_insert(
     } else {
         return Outcome::NoRoom;
     };
-    let w = copy_kept(old, old_len, stage, out, opt_len);
+    let w = copy_kept(b, old_len, stage, opt_len);
     let rounded = (w + 3) & !3;
     let new_len = if rounded < old_len { old_len } else { rounded };
     if new_len > MAX_OPTIONS_LEN {
@@ -409,9 +482,18 @@ mod tests {
             },
         ];
         for c in cases {
-            let mut out = [0xAAu8; OPTION_BUF_LEN];
+            let mut b = InsertBufs {
+                old: buf(c.old),
+                opt: buf(c.opt),
+                out: [0xAA; OPTION_BUF_LEN],
+                cursor: 0,
+                left: 0,
+                census: [0; 5],
+                _pad: 0,
+            };
             let mut plan = Plan::default();
-            let got = plan_insert(&buf(c.old), c.old.len(), &buf(c.opt), c.opt.len(), &mut out, &mut plan);
+            let got = plan_insert(&mut b, c.old.len(), c.opt.len(), &mut plan);
+            let out = b.out;
             assert_eq!(got, c.want, "{}", c.d);
             if matches!(got, Outcome::Inserted | Outcome::Compacted) {
                 let n = plan.new_len as usize;
@@ -431,14 +513,24 @@ mod tests {
 
     #[test]
     fn refuses_bad_arguments() {
-        let mut out = [0u8; OPTION_BUF_LEN];
         let mut plan = Plan::default();
-        let o = buf(&TOA4);
-        assert_eq!(plan_insert(&buf(&[]), 0, &o, 7, &mut out, &mut plan), Outcome::NoRoom);
-        assert_eq!(plan_insert(&buf(&[]), 0, &o, 0, &mut out, &mut plan), Outcome::NoRoom);
-        assert_eq!(plan_insert(&buf(&[1, 1]), 2, &o, 8, &mut out, &mut plan), Outcome::NoRoom);
+        let mut with = |old: &[u8], old_len: usize, opt_len: usize| {
+            let mut b = InsertBufs {
+                old: buf(old),
+                opt: buf(&TOA4),
+                out: [0; OPTION_BUF_LEN],
+                cursor: 0,
+                left: 0,
+                census: [0; 5],
+                _pad: 0,
+            };
+            plan_insert(&mut b, old_len, opt_len, &mut plan)
+        };
+        assert_eq!(with(&[], 0, 7), Outcome::NoRoom);
+        assert_eq!(with(&[], 0, 0), Outcome::NoRoom);
+        assert_eq!(with(&[1, 1], 2, 8), Outcome::NoRoom);
         // A SACK list followed by an end-of-list is fine and leaves room.
-        assert_eq!(plan_insert(&buf(&SACK3), 28, &o, 8, &mut out, &mut plan), Outcome::Inserted);
+        assert_eq!(with(&SACK3, 28, 8), Outcome::Inserted);
         assert_eq!(plan.new_len, 36);
     }
 }

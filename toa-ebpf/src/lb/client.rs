@@ -1,0 +1,256 @@
+//! Client → backend: packets to a virtual address.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_redirect},
+};
+use toa_common::lb::{
+    carry::{FlowView, carries_option, tcp_flags},
+    conntrack::{Dir, TcpState, next_state, syn_restarts},
+    counters::LbCounter,
+    flow::{Flow, FlowKey, LbConfig, PROTO_TCP, Reverse, Service, ServiceKey, choose_backend, flow_flags, flow_hash},
+    insert::Outcome,
+    ports::{ATTEMPTS, candidate},
+};
+
+use crate::{
+    counters::{backend, count},
+    forward,
+    maps::{LB_BACKENDS, LB_CONFIG, LB_FLOWS, LB_REVERSE, LB_SERVICES},
+    nat::{self, Rewrite},
+    option::{self, Inserted},
+    packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Ip, TC_ACT_UNSPEC, Tcp, drop, parse_tcp},
+    skb::Skb,
+};
+
+/// Seconds of the kernel's monotonic clock (the clock user space reaps by).
+#[inline(always)]
+pub fn now_secs() -> u32 {
+    // SAFETY: plain helper call.
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+}
+
+/// The settings (defaults if `toa lb` wrote none).
+#[inline(always)]
+pub fn config() -> LbConfig {
+    match LB_CONFIG.get_ptr(0) {
+        // SAFETY: a map value pointer, valid for this program run.
+        Some(c) => unsafe { *c },
+        None => LbConfig {
+            segmenter_ifindex: 0,
+            segmenter_peer_ifindex: 0,
+            timeouts: toa_common::lb::conntrack::DEFAULT_TIMEOUTS,
+        },
+    }
+}
+
+/// The reverse key of a flow: what the backend's packets carry.
+#[inline(always)]
+pub fn reverse_key(f: &Flow, family: u8) -> FlowKey {
+    FlowKey { src: f.backend, dst: f.snat, sport: f.bport, dport: f.lport, family, _pad: [0; 3] }
+}
+
+/// A packet to a virtual address.
+#[inline(never)]
+pub fn on_virtual(skb: &Skb, ip: &Ip, segmented: bool) -> i32 {
+    if ip.frag {
+        return drop(LbCounter::DropFragment);
+    }
+    match ip.proto {
+        IPPROTO_TCP => {}
+        // Pings and errors about the forwarder itself are the stack's.
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => return TC_ACT_UNSPEC,
+        _ if ip.ip_opts => return drop(LbCounter::DropIpOptions),
+        _ => return drop(LbCounter::DropNonTcp),
+    }
+    if ip.ip_opts {
+        return drop(LbCounter::DropIpOptions);
+    }
+    if ip.bad_len {
+        return drop(LbCounter::DropBadLength);
+    }
+    let Some(tcp) = parse_tcp(skb, ip) else { return drop(LbCounter::DropBadLength) };
+    let skey = ServiceKey { addr: ip.dst, port: tcp.dport, family: ip.family, proto: PROTO_TCP };
+    let Some(svc) = LB_SERVICES.get_ptr(&skey) else { return TC_ACT_UNSPEC };
+    // SAFETY: a map value pointer, valid for this program run.
+    let svc = unsafe { *svc };
+    let key = FlowKey { src: ip.src, dst: ip.dst, sport: tcp.sport, dport: tcp.dport, family: ip.family, _pad: [0; 3] };
+    let cfg = config();
+    let now = now_secs();
+    let syn = tcp.flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN;
+    let mut flow = LB_FLOWS.get_ptr_mut(&key);
+    if let Some(f) = flow {
+        // SAFETY: a map value pointer, valid for this program run.
+        let f = unsafe { &*f };
+        let state = TcpState::from_u8(f.state);
+        if syn && (syn_restarts(state) || cfg.timeouts.expired(state, f.last_seen, now)) {
+            // The client reuses its port for a new connection.
+            let _ = LB_REVERSE.remove(&reverse_key(f, ip.family));
+            let _ = LB_FLOWS.remove(&key);
+            count(LbCounter::FlowsRestarted);
+            flow = None;
+        }
+    }
+    let f = match flow {
+        // SAFETY: a map value pointer, valid for this program run.
+        Some(f) => unsafe { &mut *f },
+        None => {
+            if !syn {
+                return drop(LbCounter::DropNoFlow);
+            }
+            if let Err(why) = create(&key, &svc, &tcp, &cfg, now) {
+                return drop(why);
+            }
+            match LB_FLOWS.get_ptr_mut(&key) {
+                // SAFETY: a map value pointer, valid for this program run.
+                Some(f) => unsafe { &mut *f },
+                None => return drop(LbCounter::DropFlowTable),
+            }
+        }
+    };
+    let view = FlowView {
+        backend_isn1: f.backend_isn1,
+        backend_isn_known: f.flags & flow_flags::ISN_KNOWN != 0,
+        data_acked: f.flags & flow_flags::DATA_ACKED != 0,
+    };
+    let mut carry = carries_option(&view, tcp.flags, tcp.ack, tcp.payload, f.packets);
+    if carry && skb.gso_size() != 0 {
+        if !segmented && cfg.segmenter_ifindex != 0 {
+            // Cut into segments by the segmenter; each comes back to
+            // `toa_lb_segmented`, which takes it from here.
+            count(LbCounter::OptionsSegmented);
+            // SAFETY: plain helper call.
+            return unsafe { bpf_redirect(cfg.segmenter_ifindex, 0) as i32 };
+        }
+        count(LbCounter::OptionsGsoSkipped);
+        carry = false;
+    }
+    let state = TcpState::from_u8(f.state);
+    let next = next_state(state, Dir::Original, tcp.flags);
+    if next != state {
+        if next == TcpState::FinFromClient {
+            f.flags |= flow_flags::CLIENT_FIN_FIRST;
+        }
+        f.state = next as u8;
+    }
+    if f.last_seen != now {
+        f.last_seen = now;
+    }
+    let (backend_addr, snat, bport, lport, slot) = (f.backend, f.snat, f.bport, f.lport, f.backend_slot);
+    let (kind, olen) = (f.option_kind, f.option_len);
+    let rw = Rewrite { old_ports: [tcp.sport, tcp.dport], src: snat, dst: backend_addr, ports: [lport, bport] };
+    if !nat::rewrite(skb, ip, &rw) {
+        return drop(LbCounter::DropRewrite);
+    }
+    if carry {
+        let what = option::Insert { kind, len: olen, cport: tcp.sport, client: ip.src };
+        match option::insert(skb, ip, &tcp, &what) {
+            Inserted::Done(outcome) => {
+                count(if outcome == Outcome::Compacted {
+                    LbCounter::OptionsCompacted
+                } else {
+                    LbCounter::OptionsInserted
+                });
+                if f.flags & flow_flags::OPTION_SENT == 0 {
+                    f.flags |= flow_flags::OPTION_SENT;
+                }
+                backend(slot, |b| b.options += 1);
+            }
+            Inserted::Refused(Outcome::Malformed) => count(LbCounter::OptionsMalformed),
+            Inserted::Refused(_) => count(LbCounter::OptionsNoRoom),
+            Inserted::Failed => {
+                count(LbCounter::OptionsFailed);
+                return drop(LbCounter::DropRewrite);
+            }
+        }
+    }
+    count(LbCounter::PacketsIn);
+    let bytes = (ip.end - crate::packet::ETH_HLEN) as u64;
+    backend(slot, |b| {
+        b.packets_in += 1;
+        b.bytes_in += bytes;
+    });
+    forward::to(skb, ip.v6, &snat, &backend_addr)
+}
+
+/// Creates the flow of a client SYN: backend, local port, both entries.
+#[inline(never)]
+fn create(key: &FlowKey, svc: &Service, tcp: &Tcp, cfg: &LbConfig, now: u32) -> Result<(), LbCounter> {
+    if svc.backend_count == 0 {
+        return Err(LbCounter::DropNoBackend);
+    }
+    let hash = flow_hash(key, 0);
+    let idx = svc.first_backend + choose_backend(hash, svc.backend_count);
+    let Some(b) = LB_BACKENDS.get_ptr(idx) else { return Err(LbCounter::DropNoBackend) };
+    // SAFETY: a map value pointer, valid for this program run.
+    let b = unsafe { *b };
+    if b.family != key.family {
+        return Err(LbCounter::DropNoBackend);
+    }
+    let rev = Reverse { flow: *key };
+    let mut rkey = FlowKey { src: b.addr, dst: b.snat, sport: b.port, dport: [0; 2], family: key.family, _pad: [0; 3] };
+    let mut found = false;
+    let mut attempt = 0;
+    while attempt < ATTEMPTS {
+        let Some(port) = candidate(&svc.ports, hash, attempt) else { break };
+        rkey.dport = port.to_be_bytes();
+        if LB_REVERSE.insert(&rkey, &rev, BPF_NOEXIST as u64).is_ok() {
+            found = true;
+            break;
+        }
+        if reclaimable(&rkey, cfg, now) {
+            if LB_REVERSE.insert(&rkey, &rev, BPF_ANY as u64).is_ok() {
+                found = true;
+            }
+            break;
+        }
+        attempt += 1;
+    }
+    if !found {
+        return Err(LbCounter::DropPortsExhausted);
+    }
+    let flow = Flow {
+        backend: b.addr,
+        snat: b.snat,
+        bport: b.port,
+        lport: rkey.dport,
+        backend_slot: b.slot,
+        service: svc.id,
+        client_isn1: tcp.seq.wrapping_add(1),
+        backend_isn1: 0,
+        last_seen: now,
+        state: TcpState::SynSent as u8,
+        flags: 0,
+        option_kind: svc.option_kind,
+        option_len: svc.option_len,
+        packets: svc.packets,
+        _pad: [0; 3],
+    };
+    if LB_FLOWS.insert(key, &flow, BPF_ANY as u64).is_err() {
+        let _ = LB_REVERSE.remove(&rkey);
+        return Err(LbCounter::DropFlowTable);
+    }
+    count(LbCounter::FlowsCreated);
+    backend(b.slot, |s| s.flows += 1);
+    Ok(())
+}
+
+/// Whether the flow holding a local port may give it up to a new one: it is
+/// gone (evicted), expired, reset, or closed by the client first (so the
+/// backend, which closed second, keeps no TIME_WAIT for the tuple).
+#[inline(never)]
+fn reclaimable(rkey: &FlowKey, cfg: &LbConfig, now: u32) -> bool {
+    let Some(r) = LB_REVERSE.get_ptr(rkey) else { return true };
+    // SAFETY: a map value pointer, valid for this program run.
+    let owner = unsafe { (*r).flow };
+    let Some(f) = LB_FLOWS.get_ptr(&owner) else { return true };
+    // SAFETY: as above.
+    let f = unsafe { &*f };
+    let state = TcpState::from_u8(f.state);
+    let closed_cleanly = state == TcpState::BothFin && f.flags & flow_flags::CLIENT_FIN_FIRST != 0;
+    if state == TcpState::Reset || closed_cleanly || cfg.timeouts.expired(state, f.last_seen, now) {
+        let _ = LB_FLOWS.remove(&owner);
+        return true;
+    }
+    false
+}

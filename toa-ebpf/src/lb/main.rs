@@ -1,0 +1,70 @@
+//! The forwarder's eBPF programs (`toa lb`): FullNAT with the client's address
+//! inserted as a TCP option, per packet, at tc.
+//!
+//! - `toa_lb_ingress` (tc ingress on every forwarding interface): client →
+//!   backend packets of a service are translated (destination → backend,
+//!   source → a local address and port), get the option when the rule says so
+//!   and are forwarded with a FIB lookup; backend → client packets (and ICMP
+//!   errors about a flow) are translated back.
+//! - `toa_lb_segmented` (tc ingress on the segmenter's receiving end): GSO
+//!   packets that need the option come back here cut into segments, each of
+//!   which gets it.
+//!
+//! Entry points are one-liners; decisions live in `toa_common::lb`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod client;
+#[cfg(target_arch = "bpf")]
+mod counters;
+#[cfg(target_arch = "bpf")]
+mod forward;
+#[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod nat;
+#[cfg(target_arch = "bpf")]
+mod option;
+#[cfg(target_arch = "bpf")]
+mod packet;
+#[cfg(target_arch = "bpf")]
+mod reply;
+#[cfg(target_arch = "bpf")]
+mod skb;
+
+#[cfg(target_arch = "bpf")]
+mod entry {
+    use aya_ebpf::{macros::classifier, programs::TcContext};
+
+    use crate::{packet, skb::Skb};
+
+    #[classifier]
+    pub fn toa_lb_ingress(ctx: TcContext) -> i32 {
+        packet::on_ingress(&Skb::new(&ctx), false)
+    }
+
+    #[classifier]
+    pub fn toa_lb_segmented(ctx: TcContext) -> i32 {
+        packet::on_ingress(&Skb::new(&ctx), true)
+    }
+}
+
+#[cfg(all(target_arch = "bpf", not(test)))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program that could reach a panic.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// The programs only exist for the BPF target; this keeps host builds of the
+/// workspace (clippy, tests) working.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
