@@ -18,7 +18,7 @@ const FIB_FRAG_NEEDED: i64 = 8;
 
 /// `struct bpf_fib_lookup`, with plain fields for the unions we use.
 #[repr(C)]
-struct FibParams {
+pub struct FibParams {
     family: u8,
     l4_protocol: u8,
     sport: u16,
@@ -38,23 +38,19 @@ const _: () = assert!(size_of::<FibParams>() == size_of::<bpf_fib_lookup>());
 
 /// Forwards the packet to `dst` (from `src`): the TC action to return.
 #[inline(never)]
-pub fn to(skb: &Skb, v6: bool, src: &[u8; 16], dst: &[u8; 16]) -> i32 {
-    let mut p = FibParams {
-        family: if v6 { AF_INET6 } else { AF_INET },
-        l4_protocol: 6,
-        sport: 0,
-        dport: 0,
-        tot_len: 0,
-        ifindex: skb.ingress_ifindex(),
-        tos: 0,
-        src: *src,
-        dst: *dst,
-        vlan: 0,
-        smac: [0; 6],
-        dmac: [0; 6],
-    };
+pub fn to(skb: &Skb, p: &mut FibParams, v6: bool, src: &[u8; 16], dst: &[u8; 16]) -> i32 {
+    p.family = if v6 { AF_INET6 } else { AF_INET };
+    p.l4_protocol = 6;
+    p.sport = 0;
+    p.dport = 0;
+    p.tot_len = 0;
+    p.ifindex = skb.ingress_ifindex();
+    p.tos = 0;
+    p.src = *src;
+    p.dst = *dst;
+    p.vlan = 0;
     // SAFETY: `p` has the layout of `struct bpf_fib_lookup` (asserted above).
-    let rc = unsafe { fib_lookup(skb.raw(), (&mut p as *mut FibParams).cast(), size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { fib_lookup(skb.raw(), (p as *mut FibParams).cast(), size_of::<FibParams>() as i32, 0) };
     match rc {
         FIB_SUCCESS => {
             let macs = [

@@ -17,8 +17,9 @@ use crate::{
     forward,
     maps::{LB_FLOWS, LB_REVERSE},
     nat::{self, sum_addr, sum_ports},
-    packet::{ETH_HLEN, IPPROTO_TCP, Ip, TC_ACT_UNSPEC, drop},
+    packet::{ETH_HLEN, IPPROTO_TCP, TC_ACT_UNSPEC, drop},
     skb::Skb,
+    work::Work,
 };
 
 /// The flow a quoted packet (local address → backend) belongs to: its
@@ -36,12 +37,13 @@ fn quoted_flow(family: u8, src: &[u8; 16], dst: &[u8; 16], sport: [u8; 2], dport
 
 /// An ICMP or ICMPv6 packet to a local address.
 #[inline(always)]
-pub fn on_error(skb: &Skb, ip: &Ip) -> i32 {
-    if ip.v6 { on_error6(skb, ip) } else { on_error4(skb, ip) }
+pub fn on_error(skb: &Skb, w: &mut Work) -> i32 {
+    if w.ip.v6 { on_error6(skb, w) } else { on_error4(skb, w) }
 }
 
 #[inline(never)]
-fn on_error4(skb: &Skb, ip: &Ip) -> i32 {
+fn on_error4(skb: &Skb, w: &mut Work) -> i32 {
+    let ip = &w.ip;
     let icmp = ip.l4;
     let inner = icmp + 8;
     let inner_l4 = inner + 20;
@@ -102,11 +104,13 @@ fn on_error4(skb: &Skb, ip: &Ip) -> i32 {
         return drop(LbCounter::DropRewrite);
     }
     count(LbCounter::IcmpTranslated);
-    forward::to(skb, false, &key.dst, &key.src)
+    w.key = key;
+    forward::to(skb, &mut w.fib, false, &w.key.dst, &w.key.src)
 }
 
 #[inline(never)]
-fn on_error6(skb: &Skb, ip: &Ip) -> i32 {
+fn on_error6(skb: &Skb, w: &mut Work) -> i32 {
+    let ip = &w.ip;
     let icmp = ip.l4;
     let inner = icmp + 8;
     let inner_l4 = inner + 40;
@@ -154,5 +158,6 @@ fn on_error6(skb: &Skb, ip: &Ip) -> i32 {
         return drop(LbCounter::DropRewrite);
     }
     count(LbCounter::IcmpTranslated);
-    forward::to(skb, true, &key.dst, &key.src)
+    w.key = key;
+    forward::to(skb, &mut w.fib, true, &w.key.dst, &w.key.src)
 }

@@ -9,6 +9,9 @@
 //! - `toa_lb_segmented` (tc ingress on the segmenter's receiving end): GSO
 //!   packets that need the option come back here cut into segments, each of
 //!   which gets it.
+//! - `toa_lb_option` (tail-called): inserts the option into a translated
+//!   packet and forwards it; its own program so that the verifier checks the
+//!   option planner once, not once per path of the main program.
 //!
 //! Entry points are one-liners; decisions live in `toa_common::lb`.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -34,12 +37,14 @@ mod packet;
 mod reply;
 #[cfg(target_arch = "bpf")]
 mod skb;
+#[cfg(target_arch = "bpf")]
+mod work;
 
 #[cfg(target_arch = "bpf")]
 mod entry {
     use aya_ebpf::{macros::classifier, programs::TcContext};
 
-    use crate::{packet, skb::Skb};
+    use crate::{option, packet, skb::Skb};
 
     #[classifier]
     pub fn toa_lb_ingress(ctx: TcContext) -> i32 {
@@ -49,6 +54,11 @@ mod entry {
     #[classifier]
     pub fn toa_lb_segmented(ctx: TcContext) -> i32 {
         packet::on_ingress(&Skb::new(&ctx), true)
+    }
+
+    #[classifier]
+    pub fn toa_lb_option(ctx: TcContext) -> i32 {
+        option::run(&Skb::new(&ctx))
     }
 }
 

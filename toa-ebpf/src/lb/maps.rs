@@ -2,9 +2,10 @@
 //! Declared with BTF so that they can be pinned by name.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
+use crate::work::Work;
 use toa_common::lb::{
     counters::LB_COUNTER_COUNT,
     flow::{
@@ -70,3 +71,17 @@ pub struct Scratch {
 /// keeps anything there between packets).
 #[btf_map]
 pub static LB_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+/// The running packet's parsed headers and working values (per CPU, one
+/// slot): keeps the programs' stack frames small, and hands what the main
+/// program found to the option program it tail-calls.
+#[btf_map]
+pub static LB_WORK: PerCpuArray<Work, 1> = PerCpuArray::new();
+
+/// Index of `toa_lb_option` in [`LB_JUMP`].
+pub const JUMP_OPTION: u32 = 0;
+
+/// Tail-call targets, filled by `toa lb` before it attaches: the option
+/// insertion runs as its own program, verified on its own.
+#[btf_map]
+pub static LB_JUMP: ProgramArray<1> = ProgramArray::new();

@@ -18,12 +18,40 @@ use toa_common::lb::{
     insert::{Outcome, Plan, plan_insert},
 };
 
+use toa_common::lb::counters::LbCounter;
+
 use crate::{
-    maps::{LB_SCRATCH, SCRATCH_PAYLOAD},
+    counters::{backend, count},
+    forward,
+    maps::{LB_SCRATCH, LB_WORK, SCRATCH_PAYLOAD},
+    packet::drop,
+    work::Work,
     nat::TCP_CSUM,
     packet::{ETH_HLEN, Ip, Tcp},
     skb::{F_RECOMPUTE_CSUM, Skb, bounded},
 };
+
+/// `toa_lb_option`, tail-called by the main program for a translated packet
+/// that gets the option ([`Work::ins`]); forwards it to [`Work::fwd_dst`].
+#[inline(always)]
+pub fn run(skb: &Skb) -> i32 {
+    let Some(w) = LB_WORK.get_ptr_mut(0) else { return drop(LbCounter::OptionsFailed) };
+    // SAFETY: this CPU's work slot, filled by the program that tail-called us.
+    let w: &mut Work = unsafe { &mut *w };
+    match insert(skb, &w.ip, &w.tcp, &w.ins) {
+        Inserted::Done(outcome) => {
+            count(if outcome == Outcome::Compacted { LbCounter::OptionsCompacted } else { LbCounter::OptionsInserted });
+            backend(w.slot, |b| b.options += 1);
+        }
+        Inserted::Refused(Outcome::Malformed) => count(LbCounter::OptionsMalformed),
+        Inserted::Refused(_) => count(LbCounter::OptionsNoRoom),
+        Inserted::Failed => {
+            count(LbCounter::OptionsFailed);
+            return drop(LbCounter::DropRewrite);
+        }
+    }
+    forward::to(skb, &mut w.fib, w.ip.v6, &w.fwd_src, &w.fwd_dst)
+}
 
 /// What became of an insertion.
 pub enum Inserted {

@@ -5,7 +5,13 @@ use toa_common::lb::{
     flow::{AddrKey, addr_role, family},
 };
 
-use crate::{client, counters::count, maps::LB_ADDRS, reply, skb::Skb};
+use crate::{
+    client,
+    counters::count,
+    maps::{LB_ADDRS, LB_WORK},
+    reply,
+    skb::Skb,
+};
 
 /// Let the next program (or the stack) have the packet.
 pub const TC_ACT_UNSPEC: i32 = -1;
@@ -76,89 +82,77 @@ fn addr4(b: &[u8; 20], at: usize) -> [u8; 16] {
     a
 }
 
-#[inline(always)]
-fn addr6(b: &[u8; 40], at: usize) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    let mut i = 0;
-    while i < 16 {
-        a[i] = b[at + i];
-        i += 1;
-    }
-    a
-}
-
 /// Whether an IPv6 next-header value is an extension header.
 #[inline(always)]
 fn is_ext_header(nh: u8) -> bool {
     matches!(nh, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
 }
 
-/// Parses the IP header at [`ETH_HLEN`]; `None` for anything but IPv4/IPv6.
-#[inline(always)]
-pub fn parse_ip(skb: &Skb) -> Option<Ip> {
-    let ethertype: [u8; 2] = skb.load(12)?;
+/// Parses the IP header at [`ETH_HLEN`] into `ip`; false for anything but
+/// IPv4/IPv6.
+#[inline(never)]
+pub fn parse_ip(skb: &Skb, ip: &mut Ip) -> bool {
+    let Some(ethertype) = skb.load::<[u8; 2]>(12) else { return false };
     let len = skb.len();
     if ethertype == ETH_P_IP {
-        let b: [u8; 20] = skb.load(ETH_HLEN)?;
+        let Some(b) = skb.load::<[u8; 20]>(ETH_HLEN) else { return false };
         if b[0] >> 4 != 4 {
-            return None;
+            return false;
         }
         let ihl = (b[0] & 0x0f) as u32 * 4;
         let tot = u16::from_be_bytes([b[2], b[3]]) as u32;
-        let frag = u16::from_be_bytes([b[6], b[7]]) & 0x3fff != 0;
-        Some(Ip {
-            v6: false,
-            family: family::V4,
-            src: addr4(&b, 12),
-            dst: addr4(&b, 16),
-            proto: b[9],
-            l4: ETH_HLEN + ihl,
-            end: ETH_HLEN + tot,
-            frag,
-            ip_opts: ihl != 20,
-            bad_len: ihl < 20 || tot < ihl || ETH_HLEN + tot > len,
-        })
+        ip.v6 = false;
+        ip.family = family::V4;
+        ip.src = addr4(&b, 12);
+        ip.dst = addr4(&b, 16);
+        ip.proto = b[9];
+        ip.l4 = ETH_HLEN + ihl;
+        ip.end = ETH_HLEN + tot;
+        ip.frag = u16::from_be_bytes([b[6], b[7]]) & 0x3fff != 0;
+        ip.ip_opts = ihl != 20;
+        ip.bad_len = ihl < 20 || tot < ihl || ETH_HLEN + tot > len;
+        true
     } else if ethertype == ETH_P_IPV6 {
-        let b: [u8; 40] = skb.load(ETH_HLEN)?;
+        let Some(b) = skb.load::<[u8; 8]>(ETH_HLEN) else { return false };
         if b[0] >> 4 != 6 {
-            return None;
+            return false;
         }
+        let Some(src) = skb.load::<[u8; 16]>(ETH_HLEN + 8) else { return false };
+        let Some(dst) = skb.load::<[u8; 16]>(ETH_HLEN + 24) else { return false };
         let plen = u16::from_be_bytes([b[4], b[5]]) as u32;
         let nh = b[6];
-        Some(Ip {
-            v6: true,
-            family: family::V6,
-            src: addr6(&b, 8),
-            dst: addr6(&b, 24),
-            proto: nh,
-            l4: ETH_HLEN + 40,
-            end: ETH_HLEN + 40 + plen,
-            frag: nh == IPV6_FRAGMENT,
-            ip_opts: is_ext_header(nh),
-            bad_len: plen == 0 || ETH_HLEN + 40 + plen > len,
-        })
+        ip.v6 = true;
+        ip.family = family::V6;
+        ip.src = src;
+        ip.dst = dst;
+        ip.proto = nh;
+        ip.l4 = ETH_HLEN + 40;
+        ip.end = ETH_HLEN + 40 + plen;
+        ip.frag = nh == IPV6_FRAGMENT;
+        ip.ip_opts = is_ext_header(nh);
+        ip.bad_len = plen == 0 || ETH_HLEN + 40 + plen > len;
+        true
     } else {
-        None
+        false
     }
 }
 
-/// Parses the TCP header; `None` when its length does not fit the packet.
-#[inline(always)]
-pub fn parse_tcp(skb: &Skb, ip: &Ip) -> Option<Tcp> {
-    let b: [u8; 20] = skb.load(ip.l4)?;
+/// Parses the TCP header into `tcp`; false when its length does not fit the packet.
+#[inline(never)]
+pub fn parse_tcp(skb: &Skb, ip: &Ip, tcp: &mut Tcp) -> bool {
+    let Some(b) = skb.load::<[u8; 20]>(ip.l4) else { return false };
     let hdr_len = (b[12] >> 4) as u32 * 4;
     if hdr_len < 20 || ip.l4 + hdr_len > ip.end {
-        return None;
+        return false;
     }
-    Some(Tcp {
-        sport: [b[0], b[1]],
-        dport: [b[2], b[3]],
-        seq: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-        ack: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
-        hdr_len,
-        flags: b[13],
-        payload: ip.end - ip.l4 - hdr_len,
-    })
+    tcp.sport = [b[0], b[1]];
+    tcp.dport = [b[2], b[3]];
+    tcp.seq = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+    tcp.ack = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
+    tcp.hdr_len = hdr_len;
+    tcp.flags = b[13];
+    tcp.payload = ip.end - ip.l4 - hdr_len;
+    true
 }
 
 /// Drops the packet, counting why.
@@ -173,17 +167,22 @@ pub fn drop(why: LbCounter) -> i32 {
 #[inline(always)]
 pub fn on_ingress(skb: &Skb, segmented: bool) -> i32 {
     let other = if segmented { TC_ACT_SHOT } else { TC_ACT_UNSPEC };
-    let Some(ip) = parse_ip(skb) else { return other };
-    let key = AddrKey { addr: ip.dst, family: ip.family, _pad: [0; 3] };
+    let Some(w) = LB_WORK.get_ptr_mut(0) else { return other };
+    // SAFETY: this CPU's work slot, used by nothing else while we run.
+    let w = unsafe { &mut *w };
+    if !parse_ip(skb, &mut w.ip) {
+        return other;
+    }
+    let key = AddrKey { addr: w.ip.dst, family: w.ip.family, _pad: [0; 3] };
     let Some(role) = LB_ADDRS.get_ptr(&key) else { return other };
     // SAFETY: a map value pointer, valid for this program run.
     let role = unsafe { *role };
     if role & addr_role::VIRTUAL != 0 {
-        let action = client::on_virtual(skb, &ip, segmented);
+        let action = client::on_virtual(skb, w, segmented);
         return if segmented && action == TC_ACT_UNSPEC { TC_ACT_SHOT } else { action };
     }
     if role & addr_role::LOCAL != 0 && !segmented {
-        return reply::on_local(skb, &ip);
+        return reply::on_local(skb, w);
     }
     other
 }

@@ -14,32 +14,42 @@ use crate::{
     counters::{backend, count},
     forward, icmp,
     maps::{LB_FLOWS, LB_REVERSE, LB_SCRATCH},
-    nat::{self, Rewrite, TCP_CSUM},
+    nat::{self, TCP_CSUM},
     packet::{ETH_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Ip, TC_ACT_UNSPEC, Tcp, drop, parse_tcp},
     skb::{Skb, bounded},
+    work::Work,
 };
 
 /// A packet to a local address: ours if it belongs to a flow.
 #[inline(never)]
-pub fn on_local(skb: &Skb, ip: &Ip) -> i32 {
-    if ip.frag || ip.bad_len || ip.ip_opts {
+pub fn on_local(skb: &Skb, w: &mut Work) -> i32 {
+    if w.ip.frag || w.ip.bad_len || w.ip.ip_opts {
         return TC_ACT_UNSPEC;
     }
-    match ip.proto {
+    match w.ip.proto {
         IPPROTO_TCP => {}
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => return icmp::on_error(skb, ip),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => return icmp::on_error(skb, w),
         _ => return TC_ACT_UNSPEC,
     }
-    let Some(tcp) = parse_tcp(skb, ip) else { return TC_ACT_UNSPEC };
-    let rkey =
-        FlowKey { src: ip.src, dst: ip.dst, sport: tcp.sport, dport: tcp.dport, family: ip.family, _pad: [0; 3] };
-    let Some(r) = LB_REVERSE.get_ptr(&rkey) else { return TC_ACT_UNSPEC };
+    if !parse_tcp(skb, &w.ip, &mut w.tcp) {
+        return TC_ACT_UNSPEC;
+    }
+    w.rkey = FlowKey {
+        src: w.ip.src,
+        dst: w.ip.dst,
+        sport: w.tcp.sport,
+        dport: w.tcp.dport,
+        family: w.ip.family,
+        _pad: [0; 3],
+    };
+    let Some(r) = LB_REVERSE.get_ptr(&w.rkey) else { return TC_ACT_UNSPEC };
     // SAFETY: a map value pointer, valid for this program run.
-    let key = unsafe { (*r).flow };
-    let Some(f) = LB_FLOWS.get_ptr_mut(&key) else {
-        let _ = LB_REVERSE.remove(&rkey);
+    w.key = unsafe { (*r).flow };
+    let Some(f) = LB_FLOWS.get_ptr_mut(&w.key) else {
+        let _ = LB_REVERSE.remove(&w.rkey);
         return drop(LbCounter::DropNoFlow);
     };
+    let (ip, tcp) = (&w.ip, &w.tcp);
     // SAFETY: as above.
     let f = unsafe { &mut *f };
     if tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN | tcp_flags::ACK {
@@ -65,18 +75,21 @@ pub fn on_local(skb: &Skb, ip: &Ip) -> i32 {
         f.last_seen = now;
     }
     let slot = f.backend_slot;
+    let bytes = (ip.end - ETH_HLEN) as u64;
     // Back to the client: from the virtual address and port, to the client's.
-    let rw = Rewrite { old_ports: [tcp.sport, tcp.dport], src: key.dst, dst: key.src, ports: [key.dport, key.sport] };
-    if !nat::rewrite(skb, ip, &rw) {
+    w.rw.old_ports = [w.tcp.sport, w.tcp.dport];
+    w.rw.src = w.key.dst;
+    w.rw.dst = w.key.src;
+    w.rw.ports = [w.key.dport, w.key.sport];
+    if !nat::rewrite(skb, &w.ip, &w.rw) {
         return drop(LbCounter::DropRewrite);
     }
     count(LbCounter::PacketsOut);
-    let bytes = (ip.end - ETH_HLEN) as u64;
     backend(slot, |b| {
         b.packets_out += 1;
         b.bytes_out += bytes;
     });
-    forward::to(skb, ip.v6, &key.dst, &key.src)
+    forward::to(skb, &mut w.fib, w.ip.v6, &w.key.dst, &w.key.src)
 }
 
 /// Lowers the MSS of a SYN-ACK by the option length; false if a store failed.
