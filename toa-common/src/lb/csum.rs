@@ -103,6 +103,16 @@ pub const fn finish(sum: u32) -> u16 {
     !fold(sum)
 }
 
+/// A delta as the kernel's checksum helpers take it (`bpf_l3_csum_replace`,
+/// `bpf_l4_csum_replace` by difference): they add 16-bit words in memory
+/// order, which on the little-endian eBPF targets is the byte-swapped view of
+/// the big-endian words summed here. One's-complement sums commute with the
+/// swap (RFC 1071 §2(B)), so folding and swapping converts exactly.
+#[inline(always)]
+pub const fn for_kernel(delta: u32) -> u32 {
+    fold(delta).swap_bytes() as u32
+}
+
 /// The partial sum of the TCP/UDP pseudo-header over IPv4 (RFC 793): source,
 /// destination, protocol and the transport length.
 pub fn pseudo_v4(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u32 {
@@ -241,6 +251,30 @@ mod tests {
         let b: [u8; 64] = rng.bytes();
         for len in [0, 1, 2, 20, 40, 63, 64, 100] {
             assert_eq!(sum_prefix(&b, len), sum_bytes(&b[..len.min(64) & !1]), "len {len}");
+        }
+    }
+
+    #[test]
+    fn kernel_deltas_are_the_little_endian_view() {
+        // The kernel's by-difference update, emulated with little-endian words.
+        let le_sum = |b: &[u8]| b.chunks(2).fold(0u32, |s, c| add(s, u16::from_le_bytes([c[0], c[1]]) as u32));
+        let mut rng = Rng(11);
+        for _ in 0..200 {
+            let mut seg: [u8; 20] = rng.bytes();
+            seg[10] = 0;
+            seg[11] = 0;
+            let c = checksum(0, &seg);
+            seg[10..12].copy_from_slice(&c.to_be_bytes());
+            let old = sum_bytes(&seg[12..20]);
+            let new_bytes: [u8; 8] = rng.bytes();
+            let d = delta(old, sum_bytes(&new_bytes));
+            seg[12..20].copy_from_slice(&new_bytes);
+            // csum_replace_by_diff: *sum = ~fold(diff + ~*sum), on the raw (LE) field.
+            let field = u16::from_le_bytes([seg[10], seg[11]]);
+            let patched = !fold(add(for_kernel(d), !field as u32 & 0xffff));
+            seg[10..12].copy_from_slice(&patched.to_le_bytes());
+            assert_eq!(fold(le_sum(&seg)), 0xffff);
+            assert_eq!(fold(sum_bytes(&seg)), 0xffff);
         }
     }
 

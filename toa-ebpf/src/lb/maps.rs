@@ -1,11 +1,11 @@
 //! Every map of the forwarder's object, with who writes and who reads it.
 //! Declared with BTF so that they can be pinned by name.
 
+use crate::work::Work;
 use aya_ebpf::{
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
-use crate::work::Work;
 use toa_common::lb::{
     counters::LB_COUNTER_COUNT,
     flow::{

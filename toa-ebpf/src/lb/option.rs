@@ -24,11 +24,11 @@ use crate::{
     counters::{backend, count},
     forward,
     maps::{LB_SCRATCH, LB_WORK, SCRATCH_PAYLOAD},
-    packet::drop,
-    work::Work,
     nat::TCP_CSUM,
+    packet::drop,
     packet::{ETH_HLEN, Ip, Tcp},
     skb::{F_RECOMPUTE_CSUM, Skb, bounded},
+    work::Work,
 };
 
 /// `toa_lb_option`, tail-called by the main program for a translated packet

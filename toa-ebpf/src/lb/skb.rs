@@ -10,6 +10,7 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
+use toa_common::lb::csum;
 
 /// `bpf_l4_csum_replace` flag: the change is in the pseudo-header.
 pub const F_PSEUDO_HDR: u64 = 1 << 4;
@@ -101,12 +102,13 @@ impl Skb {
         self.store_raw(offset, (v as *const T).cast(), size_of::<T>() as u32, flags)
     }
 
-    /// Applies a checksum delta (a partial sum, `~old + new`) to the IPv4
-    /// header checksum at `offset`.
+    /// Applies a checksum delta (a partial sum, `~old + new`, of big-endian
+    /// words) to the IPv4 header checksum at `offset`.
     #[inline(always)]
     pub fn l3_patch(&self, offset: u32, delta: u32) -> bool {
+        let d = csum::for_kernel(delta) as u64;
         // SAFETY: helper on our context; size 0 selects the by-difference mode.
-        unsafe { bpf_l3_csum_replace(self.raw, offset, 0, delta as u64, 0) == 0 }
+        unsafe { bpf_l3_csum_replace(self.raw, offset, 0, d, 0) == 0 }
     }
 
     /// Applies a checksum delta to the TCP/ICMP checksum at `offset`; with
@@ -115,8 +117,9 @@ impl Skb {
     #[inline(always)]
     pub fn l4_patch(&self, offset: u32, delta: u32, pseudo: bool) -> bool {
         let flags = if pseudo { F_PSEUDO_HDR } else { 0 };
+        let d = csum::for_kernel(delta) as u64;
         // SAFETY: helper on our context; size 0 selects the by-difference mode.
-        unsafe { bpf_l4_csum_replace(self.raw, offset, 0, delta as u64, flags) == 0 }
+        unsafe { bpf_l4_csum_replace(self.raw, offset, 0, d, flags) == 0 }
     }
 
     /// Sets the packet's length (grows with zeros or trims).

@@ -2,7 +2,12 @@
 
 use toa_common::lb::flow::{Flow, FlowKey, Reverse};
 
-use crate::{forward::FibParams, nat::Rewrite, option::Insert, packet::{Ip, Tcp}};
+use crate::{
+    forward::FibParams,
+    nat::Rewrite,
+    option::Insert,
+    packet::{Ip, Tcp},
+};
 
 /// Everything a packet's processing keeps besides a few registers.
 pub struct Work {
