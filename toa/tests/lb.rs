@@ -549,3 +549,285 @@ fn a_client_whose_options_leave_no_room_is_forwarded_without_the_option_and_coun
     assert_eq!(s["drop_rewrite"], 0, "{s}");
     agent.stop();
 }
+
+/// Sends hand-made Ethernet frames to the forwarder's client-side MAC from
+/// the client's interface (AF_PACKET): each malformed in one way. argv: IF
+/// DST_MAC. Prints `sent N`.
+const MALFORMED_SENDER: &str = r#"
+import socket, struct, sys
+ifname, dmac = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", ""))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((ifname, 0))
+smac = s.getsockname()[4]
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while t >> 16: t = (t & 0xffff) + (t >> 16)
+    return ~t & 0xffff
+def ip4(proto, payload, tot=None, frag=0, opts=b""):
+    ihl = 5 + len(opts) // 4
+    tot = tot if tot is not None else 4 * ihl + len(payload)
+    h = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, tot, 1, frag, 64, proto, 0,
+                    socket.inet_aton("10.72.1.2"), socket.inet_aton("10.72.1.1")) + opts
+    h = h[:10] + struct.pack("!H", csum(h)) + h[12:]
+    return dmac + smac + b"\x08\x00" + h + payload
+def tcp(flags=0x02, doff=5, sport=40001):
+    return struct.pack("!HHIIBBHHH", sport, 80, 1000, 0, doff << 4, flags, 65535, 0, 0)
+def ip6(nh, payload):
+    src = socket.inet_pton(socket.AF_INET6, "2001:db8:72:1::2")
+    dst = socket.inet_pton(socket.AF_INET6, "2001:db8:72:1::1")
+    h = struct.pack("!IHBB", 6 << 28, len(payload), nh, 64) + src + dst
+    return dmac + smac + b"\x86\xdd" + h + payload
+frames = [
+    ip4(6, tcp(), tot=140),                          # drop_bad_length: IP length beyond the frame
+    ip4(6, tcp(doff=15)),                            # drop_bad_length: TCP header beyond the packet
+    ip4(6, tcp(), frag=0x2000),                      # drop_fragment: more fragments
+    ip4(6, b"\x00" * 20, frag=0x0010),               # drop_fragment: a later fragment
+    ip4(17, struct.pack("!HHHH", 40001, 80, 8, 0)),  # drop_non_tcp: UDP to the virtual address
+    ip4(6, tcp(), opts=b"\x01\x01\x01\x00"),         # drop_ip_options
+    ip4(6, tcp(flags=0x10, sport=40002)),            # drop_no_flow: an ACK for no flow
+    ip6(44, struct.pack("!BBHI", 6, 0, 1, 7) + tcp()),  # drop_fragment: IPv6 fragment header
+]
+for f in frames:
+    s.send(f)
+print("sent", len(frames), flush=True)
+"#;
+
+#[test]
+#[ignore = "needs root: BPF programs in network namespaces"]
+fn malformed_packets_to_the_virtual_address_are_dropped_and_counted_never_forwarded() {
+    require_root("malformed_packets_to_the_virtual_address_are_dropped_and_counted_never_forwarded");
+    let line = Line::new(Offloads::Default);
+    let _http = http_server(&line, 8080);
+    let lb = LbProc::start(&line, 8080, &[]);
+    let capture = Capture::start(&line.srv, SRV_IF, "ip or ip6");
+    let link = line.lb.output(&["ip", "-o", "link", "show", "dev", LB_CLI_IF]);
+    let mac = link.split("link/ether ").nth(1).and_then(|t| t.split_whitespace().next()).expect("a MAC").to_string();
+    let out = run_in(Some(&line.cli.path()), None, &["python3", "-c", MALFORMED_SENDER, CLI_IF, &mac]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = [
+        ("drop_bad_length", 2),
+        ("drop_fragment", 3),
+        ("drop_non_tcp", 1),
+        ("drop_ip_options", 1),
+        ("drop_no_flow", 1),
+    ];
+    eventually("every frame to be counted", Duration::from_secs(10), || {
+        let s = lb.stats();
+        want.iter().all(|(k, n)| s[*k].as_u64() == Some(*n))
+    });
+    let s = lb.stats();
+    assert_eq!(s["packets_in"], 0, "nothing was translated: {s}");
+    assert_eq!(s["flows_created"], 0, "{s}");
+    // A good connection afterwards shows the capture works and ends it.
+    curl(&line, &format!("http://{VIP4}/"), &[]);
+    let segs = capture.finish("the good connection on the backend's wire", |g| g.iter().any(|x| x.has(packet::FIN)));
+    let stray: Vec<&packet::Segment> = segs.iter().filter(|x| x.dst.port() != 8080 && x.src.port() != 8080).collect();
+    assert!(stray.is_empty(), "malformed packets reached the backend: {stray:?}");
+    assert!(segs.iter().all(|x| x.src.port() == 8080 || x.seq != 1000), "{segs:?}");
+}
+
+/// Keeps a connection open: connects, sends `x`, then waits for the
+/// backend's RST. Prints `port P`, then `reset` (or what it got). argv: HOST PORT.
+const RESET_CLIENT: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+print("port", c.getsockname()[1], flush=True)
+c.sendall(b"x")
+try:
+    got = c.recv(10)
+    print("got", got, flush=True)
+except ConnectionResetError:
+    print("reset", flush=True)
+"#;
+
+/// A backend that takes one connection, prints its peer's port, waits for a
+/// line on stdin, then resets it. argv: PORT.
+const RESET_SERVER: &str = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(1)
+print("listening", flush=True)
+c, peer = s.accept()
+assert c.recv(1) == b"x"
+print("peer", peer[1], flush=True)
+sys.stdin.readline()
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+c.close()
+print("closed", flush=True)
+"#;
+
+/// Sends an ICMP "fragmentation needed" (MTU 1400) to the forwarder's local
+/// address, quoting its packet to the backend. argv: SNAT LPORT BACKEND BPORT SEQ.
+const FRAG_NEEDED: &str = r#"
+import socket, struct, sys
+snat, lport, backend, bport, seq = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+def csum(b):
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while t >> 16: t = (t & 0xffff) + (t >> 16)
+    return ~t & 0xffff
+q = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 1500, 1, 0x4000, 63, 6, 0, socket.inet_aton(snat), socket.inet_aton(backend))
+q = q[:10] + struct.pack("!H", csum(q)) + q[12:]
+q += struct.pack("!HHI", lport, bport, seq)
+m = struct.pack("!BBHHH", 3, 4, 0, 0, 1400) + q
+m = m[:2] + struct.pack("!H", csum(m)) + m[4:]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.sendto(m, (snat, 0))
+print("sent", flush=True)
+"#;
+
+#[test]
+#[ignore = "needs root: BPF programs in network namespaces"]
+fn icmp_fragmentation_needed_and_a_reset_from_the_backend_side_reach_the_client_translated() {
+    require_root("icmp_fragmentation_needed_and_a_reset_from_the_backend_side_reach_the_client_translated");
+    let line = Line::new(Offloads::Default);
+    let mut backend = {
+        let mut cmd = command_in(Some(&line.srv.path()), Some(line.srv_cg.path()), "python3");
+        cmd.args(["-u", "-c", RESET_SERVER, "9300"]);
+        let mut p = integration_test::process::spawn_with_stdin(cmd);
+        p.wait_for_line(Stream::Stdout, |l| l == "listening", READY);
+        p
+    };
+    let lb = LbProc::start(&line, 9300, &[]);
+    let cap = Capture::start(&line.srv, SRV_IF, "tcp port 9300");
+    let mut cli = {
+        let mut cmd = command_in(Some(&line.cli.path()), None, "python3");
+        cmd.args(["-u", "-c", RESET_CLIENT, VIP4, "80"]);
+        spawn(cmd)
+    };
+    cli.wait_for_line(Stream::Stdout, |l| l.starts_with("port "), READY);
+    let lport: u16 = backend
+        .wait_for_line(Stream::Stdout, |l| l.starts_with("peer "), READY)
+        .trim_start_matches("peer ")
+        .parse()
+        .expect("a port");
+    // The quoted sequence number must be one the client has in flight or
+    // next: the one after its byte, as the backend's wire shows.
+    let segs = cap.finish("the client's byte on the backend's wire", |s| {
+        s.iter().any(|g| g.src.port() == lport && g.payload.len() == 1)
+    });
+    let data = segs.iter().find(|g| g.src.port() == lport && g.payload.len() == 1).expect("data");
+    let next = data.seq.wrapping_add(1).to_string();
+    let out = run_in(
+        Some(&line.srv.path()),
+        None,
+        &["python3", "-c", FRAG_NEEDED, SNAT4, &lport.to_string(), SRV4, "9300", &next],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("the translated ICMP error", Duration::from_secs(10), || lb.counter("icmp_translated") == 1);
+    // The client learnt the path MTU to the virtual address, less the option.
+    eventually("the client's path MTU to the virtual address", Duration::from_secs(10), || {
+        line.cli.output(&["ip", "-4", "route", "get", VIP4]).contains("mtu 1392")
+    });
+    // The backend resets the connection: the client sees the reset.
+    use std::io::Write as _;
+    writeln!(backend.stdin(), "go").expect("write");
+    backend.wait_for_line(Stream::Stdout, |l| l == "closed", READY);
+    cli.wait_for_line(Stream::Stdout, |l| l == "reset", READY);
+    assert!(lb.counter("packets_out") >= 2, "the SYN-ACK and the RST went back");
+}
+
+#[test]
+#[ignore = "needs root: BPF programs in network namespaces"]
+fn bad_flags_a_missing_interface_or_forwarding_off_exit_2_with_one_line_and_attach_nothing() {
+    require_root("bad_flags_a_missing_interface_or_forwarding_off_exit_2_with_one_line_and_attach_nothing");
+    let line = Line::new(Offloads::Default);
+    let base = service_args(8080);
+    let base: Vec<&str> = base.iter().map(String::as_str).collect();
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [&["lb"][..], base, extra].concat()
+    }
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["lb", "--listen", "nowhere", "--backend", "10.0.0.1:1", "--snat", "10.0.0.2"],
+            "`nowhere` is not ADDR:PORT",
+        ),
+        (vec!["lb", "--listen", "10.0.0.1:80", "--snat", "10.0.0.2"], "no IPv4 backend"),
+        (with(&base, &["--kind", "7"]), "kind 7"),
+        (with(&base, &["--snat-ports", "9-2"]), "--snat-ports"),
+        (with(&base, &["--toa-packets", "fin"]), "unknown packet `fin`"),
+        (with(&base, &["--iface", "nosuch0"]), "no interface `nosuch0`"),
+    ];
+    for (args, needle) in &cases {
+        let out = run_in(Some(&line.lb.path()), None, &[&[TOA][..], &args[..]].concat());
+        let lines = stderr_lines(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {lines:?}");
+        assert_eq!(lines.len(), 1, "{args:?}: {lines:?}");
+        assert!(lines[0].contains(needle), "{args:?}: {lines:?}");
+    }
+    line.lb.write_sysctl("net/ipv4/ip_forward", "0");
+    let out = run_in(Some(&line.lb.path()), None, &[&[TOA][..], &with(&base, &[])[..]].concat());
+    let lines = stderr_lines(&out);
+    assert_eq!(out.status.code(), Some(2), "{lines:?}");
+    assert!(lines.len() == 1 && lines[0].contains("net.ipv4.ip_forward=1"), "{lines:?}");
+    // Nothing was attached or created: the virtual address is the
+    // forwarder's own, so an unforwarded connection is refused by its stack.
+    for ifname in [LB_CLI_IF, LB_SRV_IF] {
+        assert!(ingress_programs(&line.lb, ifname).is_empty(), "{ifname}: attached");
+    }
+    assert_refused(&line);
+    let links = line.lb.output(&["ip", "-o", "link"]);
+    assert!(!links.contains("tlb"), "{links}");
+    // Clap's own refusals are one-line usage errors too.
+    let out = toa(&["lb", "--listen", "10.0.0.1:80"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+#[ignore = "needs root: BPF programs in network namespaces"]
+fn a_clean_stop_detaches_everything_and_removes_the_segmenter_and_the_socket() {
+    require_root("a_clean_stop_detaches_everything_and_removes_the_segmenter_and_the_socket");
+    let line = Line::new(Offloads::Default);
+    let _http = http_server(&line, 8080);
+    let mut lb = LbProc::start(&line, 8080, &[]);
+    for ifname in [LB_CLI_IF, LB_SRV_IF] {
+        assert_eq!(ingress_programs(&line.lb, ifname), ["toa_lb_ingress"], "{ifname}");
+    }
+    assert!(line.lb.output(&["ip", "-o", "link"]).contains("tlb"), "the segmenter exists");
+    curl(&line, &format!("http://{VIP4}/"), &[]);
+    let status = lb.proc.terminate();
+    assert!(status.success(), "{status}: {:?}", lb.proc.lines_so_far(Stream::Stderr));
+    for ifname in [LB_CLI_IF, LB_SRV_IF] {
+        assert!(ingress_programs(&line.lb, ifname).is_empty(), "{ifname}: still attached");
+    }
+    // Packets to the virtual address reach the forwarder's own stack again.
+    assert_refused(&line);
+    assert!(!line.lb.output(&["ip", "-o", "link"]).contains("tlb"), "the segmenter is gone");
+    assert!(!lb.socket.exists(), "the stats socket is gone");
+    let stopped = lb.proc.lines_so_far(Stream::Stderr).into_iter().find(|l| l.contains("lb stopped"));
+    assert!(stopped.is_some(), "a last line with the counters");
+}
+
+/// Asserts that a connection to the virtual address is refused at once (by
+/// the forwarder's own stack: nothing forwards it).
+fn assert_refused(line: &Line) {
+    let out = client(line, &["curl", "-sS", "--max-time", "5", "-o", "/dev/null", &format!("http://{VIP4}/")]);
+    assert_eq!(out.status.code(), Some(7), "connection refused: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The names of the programs attached to the ingress of `ifname` in the
+/// namespace `ns`, as the kernel reports them: TCX links (6.6 and later),
+/// else the tc filters `tc filter show` lists.
+fn ingress_programs(ns: &integration_test::netns::Netns, ifname: &str) -> Vec<String> {
+    let path = ns.path();
+    let name = ifname.to_string();
+    let tcx = std::thread::spawn(move || {
+        integration_test::netns::enter(&path);
+        aya::programs::SchedClassifier::query_tcx(&name, aya::programs::TcAttachType::Ingress)
+            .map(|(_, progs)| progs.iter().map(|p| p.name_as_str().unwrap_or("?").to_string()).collect::<Vec<_>>())
+            .ok()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    if let Some(names) = tcx {
+        return names;
+    }
+    let out = run_in(Some(&ns.path()), None, &["tc", "filter", "show", "dev", ifname, "ingress"]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with("toa_lb_"))
+        .map(|w| w.split(':').next().unwrap_or(w).to_string())
+        .collect()
+}

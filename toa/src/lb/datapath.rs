@@ -40,6 +40,11 @@ pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
+/// `LB_FLOWS` from user space.
+pub type FlowMap = HashMap<MapData, FlowKey, Flow>;
+/// `LB_REVERSE` from user space.
+pub type ReverseMap = HashMap<MapData, FlowKey, Reverse>;
+
 /// The loaded object and what is attached.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -181,7 +186,7 @@ impl Datapath {
     }
 
     /// Takes the flow maps out (for the reaper).
-    pub fn take_flow_maps(&mut self) -> Result<(HashMap<MapData, FlowKey, Flow>, HashMap<MapData, FlowKey, Reverse>)> {
+    pub fn take_flow_maps(&mut self) -> Result<(FlowMap, ReverseMap)> {
         let f = self.ebpf.take_map(maps::FLOWS).ok_or(Error::MissingMap(maps::FLOWS))?;
         let r = self.ebpf.take_map(maps::REVERSE).ok_or(Error::MissingMap(maps::REVERSE))?;
         Ok((HashMap::try_from(f).map_err(map_err(maps::FLOWS))?, HashMap::try_from(r).map_err(map_err(maps::REVERSE))?))
