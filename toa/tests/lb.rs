@@ -782,10 +782,16 @@ fn a_clean_stop_detaches_everything_and_removes_the_segmenter_and_the_socket() {
     let line = Line::new(Offloads::Default);
     let _http = http_server(&line, 8080);
     let mut lb = LbProc::start(&line, 8080, &[]);
-    for ifname in [LB_CLI_IF, LB_SRV_IF] {
+    let segmenter_end = line
+        .lb
+        .output(&["ip", "-o", "link"])
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(':').split('@').next().unwrap_or(w).to_string())
+        .find(|w| w.starts_with("tlb") && w.ends_with('r'))
+        .expect("the segmenter exists");
+    for ifname in [LB_CLI_IF, LB_SRV_IF, &segmenter_end] {
         assert_eq!(ingress_programs(&line.lb, ifname), ["toa_lb_ingress"], "{ifname}");
     }
-    assert!(line.lb.output(&["ip", "-o", "link"]).contains("tlb"), "the segmenter exists");
     curl(&line, &format!("http://{VIP4}/"), &[]);
     let status = lb.proc.terminate();
     assert!(status.success(), "{status}: {:?}", lb.proc.lines_so_far(Stream::Stderr));

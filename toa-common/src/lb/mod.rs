@@ -24,11 +24,12 @@ pub mod ports;
 
 /// Names of the programs in the forwarder's eBPF object (`toa-lb`).
 pub mod programs {
-    /// tc ingress on every forwarding interface: both directions of every flow.
+    /// tc ingress on every forwarding interface (both directions of every
+    /// flow) and on the segmenter's receiving end (the option into each
+    /// segment of a GSO packet).
     pub const INGRESS: &str = "toa_lb_ingress";
-    /// tc ingress on the segmenter's receiving end: the option into each
-    /// segment of a GSO packet.
-    pub const SEGMENTED: &str = "toa_lb_segmented";
+    /// Tail-called by [`INGRESS`]: inserts the option and forwards.
+    pub const OPTION: &str = "toa_lb_option";
 }
 
 /// Names of the maps in the forwarder's eBPF object.

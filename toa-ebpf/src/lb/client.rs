@@ -124,7 +124,7 @@ pub fn on_virtual(skb: &Skb, w: &mut Work, segmented: bool) -> i32 {
     if carry && skb.gso_size() != 0 {
         if !segmented && cfg.segmenter_ifindex != 0 {
             // Cut into segments by the segmenter; each comes back to
-            // `toa_lb_segmented`, which takes it from here.
+            // this program on the segmenter's receiving end, which takes it from here.
             count(LbCounter::OptionsSegmented);
             // SAFETY: plain helper call.
             return unsafe { bpf_redirect(cfg.segmenter_ifindex, 0) as i32 };

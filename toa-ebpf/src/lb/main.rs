@@ -6,9 +6,10 @@
 //!   source → a local address and port), get the option when the rule says so
 //!   and are forwarded with a FIB lookup; backend → client packets (and ICMP
 //!   errors about a flow) are translated back.
-//! - `toa_lb_segmented` (tc ingress on the segmenter's receiving end): GSO
-//!   packets that need the option come back here cut into segments, each of
-//!   which gets it.
+//!   The same program on the segmenter's receiving end gets the segments of
+//!   GSO packets that needed the option back, and gives each of them the
+//!   option (one program, verified once: it tells the two apart by the
+//!   interface the packet arrived on).
 //! - `toa_lb_option` (tail-called): inserts the option into a translated
 //!   packet and forwards it; its own program so that the verifier checks the
 //!   option planner once, not once per path of the main program.
@@ -48,12 +49,7 @@ mod entry {
 
     #[classifier]
     pub fn toa_lb_ingress(ctx: TcContext) -> i32 {
-        packet::on_ingress(&Skb::new(&ctx), false)
-    }
-
-    #[classifier]
-    pub fn toa_lb_segmented(ctx: TcContext) -> i32 {
-        packet::on_ingress(&Skb::new(&ctx), true)
+        packet::on_ingress(&Skb::new(&ctx))
     }
 
     #[classifier]

@@ -162,10 +162,12 @@ pub fn drop(why: LbCounter) -> i32 {
     TC_ACT_SHOT
 }
 
-/// Every packet arriving on a forwarding interface (or, with `segmented`,
-/// on the segmenter's receiving end, where nothing is passed on).
+/// Every packet arriving on a forwarding interface, or on the segmenter's
+/// receiving end (where nothing is passed on).
 #[inline(always)]
-pub fn on_ingress(skb: &Skb, segmented: bool) -> i32 {
+pub fn on_ingress(skb: &Skb) -> i32 {
+    let seg = client::config().segmenter_peer_ifindex;
+    let segmented = seg != 0 && skb.ingress_ifindex() == seg;
     let other = if segmented { TC_ACT_SHOT } else { TC_ACT_UNSPEC };
     let Some(w) = LB_WORK.get_ptr_mut(0) else { return other };
     // SAFETY: this CPU's work slot, used by nothing else while we run.

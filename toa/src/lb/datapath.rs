@@ -65,7 +65,7 @@ impl Datapath {
             role: "the forwarder's data path",
             reason: e.to_string().lines().next().unwrap_or_default().to_string(),
         })?;
-        for name in [programs::INGRESS, programs::SEGMENTED, "toa_lb_option"] {
+        for name in [programs::INGRESS, programs::OPTION] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(Error::MissingProgram(programs::INGRESS))?
@@ -79,14 +79,14 @@ impl Datapath {
         }
         let option_fd = {
             let prog: &SchedClassifier = ebpf
-                .program("toa_lb_option")
-                .ok_or(Error::MissingProgram("toa_lb_option"))?
+                .program(programs::OPTION)
+                .ok_or(Error::MissingProgram(programs::OPTION))?
                 .try_into()
-                .map_err(|source| Error::Program { name: "toa_lb_option", source })?;
+                .map_err(|source| Error::Program { name: programs::OPTION, source })?;
             prog.fd()
-                .map_err(|source| Error::Program { name: "toa_lb_option", source })?
+                .map_err(|source| Error::Program { name: programs::OPTION, source })?
                 .try_clone()
-                .map_err(Error::io("duplicating", "toa_lb_option"))?
+                .map_err(Error::io("duplicating", programs::OPTION))?
         };
         let mut jump = ProgramArray::try_from(ebpf.map_mut("LB_JUMP").ok_or(Error::MissingMap("LB_JUMP"))?)
             .map_err(map_err("LB_JUMP"))?;

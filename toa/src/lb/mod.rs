@@ -87,7 +87,7 @@ pub fn run(args: LbArgs) -> Result<()> {
     let counters = dp.take_counter_maps()?;
     let background = service::Background::start(&s.stats_socket, counters, flows, reverse)?;
     if let Some(seg) = &seg {
-        dp.attach(programs::SEGMENTED, &seg.recv)?;
+        dp.attach(programs::INGRESS, &seg.recv)?;
     }
     for i in &ifaces {
         dp.attach(programs::INGRESS, i)?;
