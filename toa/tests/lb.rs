@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use common::{AgentProc, READY, TOA, eventually, start_injector, stderr_lines, toa};
+use common::{AgentProc, READY, TOA, eventually, require_root, start_injector, stderr_lines, toa};
 use integration_test::{
     line::{CLI_IF, CLI4, CLI6, LB_CLI_IF, LB_SRV_IF, Line, Offloads, SNAT4, SNAT6, SRV_IF, SRV4, SRV6, VIP4, VIP6},
     netns::unique_name,
@@ -22,14 +22,6 @@ use integration_test::{
     process::{Spawned, Stream, command_in, run_in, spawn},
 };
 use serde_json::Value;
-
-/// Panics unless root: these tests attach real programs in real namespaces.
-fn require_root(test: &str) {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!("{test} needs root (BPF programs, network namespaces, cgroups): run it with sudo and --include-ignored");
-    }
-}
 
 /// A running `toa lb` in the line's forwarder namespace.
 struct LbProc {
@@ -194,7 +186,7 @@ fn backend_csum_errors(line: &Line) -> u64 {
 #[test]
 #[ignore = "needs root: BPF programs in network namespaces"]
 fn an_unmodified_http_server_logs_the_clients_own_ipv4_and_ipv6_address() {
-    require_root("an_unmodified_http_server_logs_the_clients_own_ipv4_and_ipv6_address");
+    require_root();
     let line = Line::new(Offloads::Default);
     let agent = AgentProc::start(line.srv_cg.path(), &[]);
     let mut http = http_server(&line, 8080);
@@ -247,7 +239,7 @@ fn check_wire(line: &Line, url: &str, port: u16, kind: u8, want_addr: &[u8], mss
 #[test]
 #[ignore = "needs root: BPF programs in network namespaces"]
 fn the_option_is_in_the_handshake_ack_and_first_data_not_in_the_syn_and_the_client_sees_a_lowered_mss() {
-    require_root("the_option_is_in_the_handshake_ack_and_first_data_not_in_the_syn_and_the_client_sees_a_lowered_mss");
+    require_root();
     let line = Line::new(Offloads::Default);
     let _http = http_server(&line, 8080);
     let _lb = LbProc::start(&line, 8080, &[]);
@@ -362,14 +354,14 @@ fn two_hundred_transfers(offloads: Offloads) {
 #[test]
 #[ignore = "needs root: BPF programs in network namespaces"]
 fn two_hundred_parallel_8_mib_transfers_arrive_intact_both_ways_with_default_offloads() {
-    require_root("two_hundred_parallel_8_mib_transfers_arrive_intact_both_ways_with_default_offloads");
+    require_root();
     two_hundred_transfers(Offloads::Default);
 }
 
 #[test]
 #[ignore = "needs root: BPF programs in network namespaces"]
 fn two_hundred_parallel_8_mib_transfers_arrive_intact_both_ways_with_offloads_off() {
-    require_root("two_hundred_parallel_8_mib_transfers_arrive_intact_both_ways_with_offloads_off");
+    require_root();
     two_hundred_transfers(Offloads::Off);
 }
 
@@ -474,21 +466,21 @@ fn every_segment_carries_it(offloads: Offloads) {
 #[test]
 #[ignore = "needs root: BPF programs in network namespaces"]
 fn every_segment_of_the_first_round_trip_carries_the_option_with_default_offloads() {
-    require_root("every_segment_of_the_first_round_trip_carries_the_option_with_default_offloads");
+    require_root();
     every_segment_carries_it(Offloads::Default);
 }
 
 #[test]
 #[ignore = "needs root: BPF programs in network namespaces"]
 fn every_segment_of_the_first_round_trip_carries_the_option_with_offloads_off() {
-    require_root("every_segment_of_the_first_round_trip_carries_the_option_with_offloads_off");
+    require_root();
     every_segment_carries_it(Offloads::Off);
 }
 
 #[test]
 #[ignore = "needs root: BPF programs in network namespaces"]
 fn with_the_handshake_ack_dropped_the_server_still_logs_the_client() {
-    require_root("with_the_handshake_ack_dropped_the_server_still_logs_the_client");
+    require_root();
     let line = Line::new(Offloads::Default);
     let agent = AgentProc::start(line.srv_cg.path(), &[]);
     let mut http = http_server(&line, 8080);
@@ -526,7 +518,7 @@ fn with_the_handshake_ack_dropped_the_server_still_logs_the_client() {
 #[test]
 #[ignore = "needs root: BPF programs in network namespaces"]
 fn a_client_whose_options_leave_no_room_is_forwarded_without_the_option_and_counted() {
-    require_root("a_full_option_space_is_forwarded_without_the_option_and_counted");
+    require_root();
     let line = Line::new(Offloads::Default);
     let agent = AgentProc::start(line.srv_cg.path(), &[]);
     let mut http = http_server(&line, 8080);
@@ -596,7 +588,7 @@ print("sent", len(frames), flush=True)
 #[test]
 #[ignore = "needs root: BPF programs in network namespaces"]
 fn malformed_packets_to_the_virtual_address_are_dropped_and_counted_never_forwarded() {
-    require_root("malformed_packets_to_the_virtual_address_are_dropped_and_counted_never_forwarded");
+    require_root();
     let line = Line::new(Offloads::Default);
     let _http = http_server(&line, 8080);
     let lb = LbProc::start(&line, 8080, &[]);
@@ -681,7 +673,7 @@ print("sent", flush=True)
 #[test]
 #[ignore = "needs root: BPF programs in network namespaces"]
 fn icmp_fragmentation_needed_and_a_reset_from_the_backend_side_reach_the_client_translated() {
-    require_root("icmp_fragmentation_needed_and_a_reset_from_the_backend_side_reach_the_client_translated");
+    require_root();
     let line = Line::new(Offloads::Default);
     let mut backend = {
         let mut cmd = command_in(Some(&line.srv.path()), Some(line.srv_cg.path()), "python3");
@@ -732,7 +724,7 @@ fn icmp_fragmentation_needed_and_a_reset_from_the_backend_side_reach_the_client_
 #[test]
 #[ignore = "needs root: BPF programs in network namespaces"]
 fn bad_flags_a_missing_interface_or_forwarding_off_exit_2_with_one_line_and_attach_nothing() {
-    require_root("bad_flags_a_missing_interface_or_forwarding_off_exit_2_with_one_line_and_attach_nothing");
+    require_root();
     let line = Line::new(Offloads::Default);
     let base = service_args(8080);
     let base: Vec<&str> = base.iter().map(String::as_str).collect();
@@ -778,7 +770,7 @@ fn bad_flags_a_missing_interface_or_forwarding_off_exit_2_with_one_line_and_atta
 #[test]
 #[ignore = "needs root: BPF programs in network namespaces"]
 fn a_clean_stop_detaches_everything_and_removes_the_segmenter_and_the_socket() {
-    require_root("a_clean_stop_detaches_everything_and_removes_the_segmenter_and_the_socket");
+    require_root();
     let line = Line::new(Offloads::Default);
     let _http = http_server(&line, 8080);
     let mut lb = LbProc::start(&line, 8080, &[]);

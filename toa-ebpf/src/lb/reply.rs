@@ -58,7 +58,7 @@ pub fn on_local(skb: &Skb, w: &mut Work) -> i32 {
             f.backend_isn1 = isn1;
             f.flags |= flow_flags::ISN_KNOWN;
         }
-        if !lower_syn_ack_mss(skb, ip, &tcp, f) {
+        if !lower_syn_ack_mss(skb, ip, tcp, f) {
             return drop(LbCounter::DropRewrite);
         }
     }

@@ -1,5 +1,5 @@
-//! What `toa lb` is told to do: the command line turned into validated
-//! [`Settings`].
+//! What `toa lb` is told to do: its flags ([`Flags`], filled by the CLI)
+//! turned into validated [`Settings`].
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -7,44 +7,37 @@ use toa_common::lb::{carry::packets, ports::PortRange};
 
 use crate::{
     Error, Result,
-    proxy::settings::{check_kind4, check_kind6, parse_addr},
+    config::{
+        proxy::{Kind4, Kind6},
+        values::parse_addr,
+    },
 };
 
 /// Where the running forwarder serves its counters.
 pub const DEFAULT_STATS_SOCKET: &str = "/run/toa/lb.sock";
 
-/// Command-line arguments of `toa lb`.
-#[derive(Debug, clap::Args)]
-pub struct LbArgs {
-    /// Virtual service ADDR:PORT clients connect to; repeat for an IPv4 and an IPv6 one.
-    #[arg(long = "listen", value_name = "VIP:PORT", required = true)]
+/// The flags of `toa lb`, as given (see the CLI for their meaning).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flags {
+    /// `--listen VIP:PORT`, repeatable.
     pub listen: Vec<String>,
-    /// A backend ADDR:PORT; repeat for several (each serves the services of its address family).
-    #[arg(long = "backend", value_name = "ADDR:PORT")]
+    /// `--backend ADDR:PORT`, repeatable.
     pub backends: Vec<String>,
-    /// Local address the forwarder connects to backends from (FullNAT source); one per family in use.
-    #[arg(long = "snat", value_name = "LOCAL_ADDR", required = true)]
+    /// `--snat LOCAL_ADDR`, one per family in use.
     pub snat: Vec<String>,
-    /// Interface to forward on; repeat (default: every non-loopback interface of this network namespace).
-    #[arg(long = "iface", value_name = "IF")]
+    /// `--iface IF`, repeatable (empty: all but loopback).
     pub ifaces: Vec<String>,
-    /// Option kind for IPv4 clients (8-byte option): 254, 200 or 253.
-    #[arg(long, value_name = "KIND", default_value_t = 254)]
-    pub kind: u8,
-    /// Option kind for IPv6 clients (20-byte option): 253 or 254.
-    #[arg(long, value_name = "KIND", default_value_t = 253)]
-    pub kind6: u8,
-    /// Packets that carry the option: any of syn, ack, data, rst.
-    #[arg(long, value_name = "LIST", default_value = "ack,data")]
+    /// `--kind` for IPv4 clients.
+    pub kind: String,
+    /// `--kind6` for IPv6 clients.
+    pub kind6: String,
+    /// `--toa-packets`.
     pub toa_packets: String,
-    /// Local ports for translated flows, LO-HI (keep it outside the host's ephemeral range).
-    #[arg(long, value_name = "LO-HI", default_value = "1024-32767")]
+    /// `--snat-ports LO-HI`.
     pub snat_ports: String,
-    /// Do not create the segmenter: GSO packets that need the option then go without it (counted).
-    #[arg(long)]
-    pub no_segmenter: bool,
-    /// Unix socket where the counters are served as JSON.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_STATS_SOCKET)]
+    /// Not `--no-segmenter`.
+    pub segmenter: bool,
+    /// `--stats-socket`.
     pub stats_socket: std::path::PathBuf,
 }
 
@@ -115,11 +108,12 @@ pub fn parse_ports(s: &str) -> Result<PortRange> {
     Ok(PortRange { lo, hi })
 }
 
-impl LbArgs {
-    /// Validates the command line.
+impl Flags {
+    /// Validates the flags.
     pub fn to_settings(&self) -> Result<Settings> {
-        let kind4 = check_kind4(self.kind)?;
-        let kind6 = check_kind6(self.kind6)?;
+        let kind4: Kind4 = self.kind.parse().map_err(|e: Error| Error::Invalid(format!("--kind: {e}")))?;
+        let kind6: Kind6 = self.kind6.parse().map_err(|e: Error| Error::Invalid(format!("--kind6: {e}")))?;
+        let (kind4, kind6) = (kind4.get(), kind6.get());
         let backends = self.backends.iter().map(|b| parse_addr("backend", b)).collect::<Result<Vec<SocketAddr>>>()?;
         let snat = self
             .snat
@@ -167,7 +161,7 @@ impl LbArgs {
             ifaces: self.ifaces.clone(),
             packets: parse_packets(&self.toa_packets)?,
             ports: parse_ports(&self.snat_ports)?,
-            segmenter: !self.no_segmenter,
+            segmenter: self.segmenter,
             stats_socket: self.stats_socket.clone(),
         })
     }
@@ -177,17 +171,17 @@ impl LbArgs {
 mod tests {
     use super::*;
 
-    fn args(listen: &[&str], backends: &[&str], snat: &[&str]) -> LbArgs {
-        LbArgs {
+    fn args(listen: &[&str], backends: &[&str], snat: &[&str]) -> Flags {
+        Flags {
             listen: listen.iter().map(|s| s.to_string()).collect(),
             backends: backends.iter().map(|s| s.to_string()).collect(),
             snat: snat.iter().map(|s| s.to_string()).collect(),
             ifaces: vec![],
-            kind: 254,
-            kind6: 253,
+            kind: "254".into(),
+            kind6: "253".into(),
             toa_packets: "ack,data".into(),
             snat_ports: "1024-32767".into(),
-            no_segmenter: false,
+            segmenter: true,
             stats_socket: DEFAULT_STATS_SOCKET.into(),
         }
     }
@@ -210,7 +204,7 @@ mod tests {
 
     #[test]
     fn refusals_name_the_flag() {
-        let cases: [(LbArgs, &str); 7] = [
+        let cases: [(Flags, &str); 7] = [
             (args(&["nowhere"], &["10.0.1.2:80"], &["10.0.1.1"]), "listen `nowhere`"),
             (args(&["10.0.0.1:80"], &[], &["10.0.1.1"]), "no IPv4 backend"),
             (args(&["10.0.0.1:80"], &["10.0.1.2:80"], &["2001:db8::1"]), "needs an IPv4 --snat"),
@@ -224,7 +218,7 @@ mod tests {
             assert!(e.contains(needle), "{e}");
         }
         let mut a = args(&["10.0.0.1:80"], &["10.0.1.2:80"], &["10.0.1.1"]);
-        a.kind = 7;
+        a.kind = "7".into();
         assert!(a.to_settings().is_err());
     }
 

@@ -11,17 +11,20 @@
 //! lowered by the option length. User space only loads, fills the tables,
 //! attaches, serves counters and reclaims idle flows ([`service`]).
 
-pub mod datapath;
-pub mod segmenter;
-pub mod service;
-pub mod settings;
+mod datapath;
+mod segmenter;
+mod service;
+mod settings;
 
 use std::ffi::CStr;
 
-pub use settings::LbArgs;
+pub use settings::{DEFAULT_STATS_SOCKET, Flags, Settings};
 use toa_common::lb::programs;
 
-use crate::{Error, Result, signals::TerminationSignals, system};
+use crate::{
+    Error, Result,
+    sys::{host, signals::TerminationSignals},
+};
 
 /// Every non-loopback interface of this network namespace (from
 /// `if_nameindex`, which, unlike `/sys/class/net`, always shows the
@@ -64,9 +67,8 @@ fn check_forwarding(v4: bool, v6: bool) -> Result<()> {
 }
 
 /// Runs the forwarder in the foreground until SIGINT/SIGTERM.
-pub fn run(args: LbArgs) -> Result<()> {
-    let s = args.to_settings()?;
-    system::require_root()?;
+pub fn run(s: &Settings) -> Result<()> {
+    host::require_root()?;
     let signals = TerminationSignals::block().map_err(Error::io("blocking SIGINT/SIGTERM", "signals"))?;
     let ifaces = if s.ifaces.is_empty() { all_interfaces() } else { s.ifaces.clone() };
     if ifaces.is_empty() {
@@ -78,7 +80,7 @@ pub fn run(args: LbArgs) -> Result<()> {
         }
     }
     check_forwarding(s.services.iter().any(|v| v.listen.is_ipv4()), s.services.iter().any(|v| v.listen.is_ipv6()))?;
-    let mut dp = datapath::Datapath::load(&s)?;
+    let mut dp = datapath::Datapath::load(s)?;
     // Attach nothing until every step before succeeded; drop undoes what did.
     let seg = if s.segmenter { Some(segmenter::Segmenter::create()?) } else { None };
     let indices = seg.as_ref().map(segmenter::Segmenter::indices).transpose()?;
