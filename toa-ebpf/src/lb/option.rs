@@ -142,10 +142,13 @@ pub fn insert(skb: &Skb, ip: &Ip, tcp: &Tcp, what: &Insert) -> Inserted {
     if !skb.store(ip.l4 + 12, &doff, 0) {
         return Inserted::Failed;
     }
-    let area =
-        csum::delta(csum::sum_prefix(&s.bufs.old, old_len as usize), csum::sum_prefix(&s.bufs.out, new_len as usize));
+    // The options area's change, summed by the kernel (`bpf_csum_diff`, in
+    // memory order) rather than by a loop the verifier would walk.
+    let Some(area) = skb.csum_diff(s.bufs.old.as_ptr(), old_len, s.bufs.out.as_ptr(), new_len) else {
+        return Inserted::Failed;
+    };
     let word12 = csum::delta(u16::from_be_bytes(b12) as u32, u16::from_be_bytes([doff, b12[1]]) as u32);
-    if !skb.l4_patch(ip.l4 + TCP_CSUM, csum::add(area, word12), false) {
+    if !skb.l4_patch_raw(ip.l4 + TCP_CSUM, csum::add(area, csum::for_kernel(word12)), false) {
         return Inserted::Failed;
     }
     if growth > 0 {

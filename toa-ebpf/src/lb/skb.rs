@@ -6,7 +6,8 @@ use core::{ffi::c_void, mem::MaybeUninit};
 use aya_ebpf::{
     bindings::__sk_buff,
     helpers::generated::{
-        bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes,
+        bpf_csum_diff, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_change_tail, bpf_skb_load_bytes,
+        bpf_skb_store_bytes,
     },
     programs::TcContext,
 };
@@ -120,6 +121,26 @@ impl Skb {
         let d = csum::for_kernel(delta) as u64;
         // SAFETY: helper on our context; size 0 selects the by-difference mode.
         unsafe { bpf_l4_csum_replace(self.raw, offset, 0, d, flags) == 0 }
+    }
+
+    /// [`Skb::l4_patch`] with a delta already in the kernel's (memory) word order.
+    #[inline(always)]
+    pub fn l4_patch_raw(&self, offset: u32, kernel_delta: u32, pseudo: bool) -> bool {
+        let flags = if pseudo { F_PSEUDO_HDR } else { 0 };
+        // SAFETY: helper on our context; size 0 selects the by-difference mode.
+        unsafe { bpf_l4_csum_replace(self.raw, offset, 0, kernel_delta as u64, flags) == 0 }
+    }
+
+    /// The checksum delta from `from[..from_len]` to `to[..to_len]` (64-byte
+    /// buffers; lengths multiples of 4, at most 40), in the kernel's word order.
+    #[inline(always)]
+    pub fn csum_diff(&self, from: *const u8, from_len: u32, to: *const u8, to_len: u32) -> Option<u32> {
+        // The masks bound both lengths for the verifier (at most 60 of 64 bytes).
+        // SAFETY: reads of locals.
+        let (f, t) = unsafe { (core::ptr::read_volatile(&from_len) & 0x3c, core::ptr::read_volatile(&to_len) & 0x3c) };
+        // SAFETY: both buffers hold 64 bytes; the helper only reads them.
+        let d = unsafe { bpf_csum_diff(from.cast_mut().cast(), f, to.cast_mut().cast(), t, 0) };
+        (d >= 0).then_some(d as u32)
     }
 
     /// Sets the packet's length (grows with zeros or trims).
