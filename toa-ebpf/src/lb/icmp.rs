@@ -10,7 +10,7 @@
 //! TCP checksum is left as it is (quotes are usually truncated before it,
 //! and nobody checks it).
 
-use toa_common::lb::{counters::LbCounter, csum, flow::FlowKey};
+use toa_common::lb::{counters::LbCounter, csum};
 
 use crate::{
     counters::count,
@@ -22,17 +22,24 @@ use crate::{
     work::Work,
 };
 
-/// The flow a quoted packet (local address → backend) belongs to: its
-/// client key and option length.
+/// The flow a quoted packet (local address → backend) belongs to. The
+/// caller has put the quoted destination (the backend) in `w.rkey.src` and
+/// the quoted source (the local address) in `w.rkey.dst`; this completes the
+/// reverse key, leaves the flow's client key in `w.key` and returns its
+/// option length. (Everything in the work area: the ICMP paths are the
+/// deepest calls of the program, and 6.1 counts their stack frames strictly.)
 #[inline(always)]
-fn quoted_flow(family: u8, src: &[u8; 16], dst: &[u8; 16], sport: [u8; 2], dport: [u8; 2]) -> Option<(FlowKey, u8)> {
-    let rkey = FlowKey { src: *dst, dst: *src, sport: dport, dport: sport, family, _pad: [0; 3] };
-    let r = LB_REVERSE.get_ptr(&rkey)?;
+fn quoted_flow(w: &mut Work, sport: [u8; 2], dport: [u8; 2]) -> Option<u8> {
+    w.rkey.sport = dport;
+    w.rkey.dport = sport;
+    w.rkey.family = w.ip.family;
+    w.rkey._pad = [0; 3];
+    let r = LB_REVERSE.get_ptr(&w.rkey)?;
     // SAFETY: a map value pointer, valid for this program run.
-    let key = unsafe { (*r).flow };
-    let f = LB_FLOWS.get_ptr(&key)?;
+    w.key = unsafe { (*r).flow };
+    let f = LB_FLOWS.get_ptr(&w.key)?;
     // SAFETY: as above.
-    Some((key, unsafe { (*f).option_len }))
+    Some(unsafe { (*f).option_len })
 }
 
 /// An ICMP or ICMPv6 packet to a local address.
@@ -43,11 +50,10 @@ pub fn on_error(skb: &Skb, w: &mut Work) -> i32 {
 
 #[inline(never)]
 fn on_error4(skb: &Skb, w: &mut Work) -> i32 {
-    let ip = &w.ip;
-    let icmp = ip.l4;
+    let icmp = w.ip.l4;
     let inner = icmp + 8;
     let inner_l4 = inner + 20;
-    if inner_l4 + 8 > ip.end {
+    if inner_l4 + 8 > w.ip.end {
         return TC_ACT_UNSPEC;
     }
     let Some(h) = skb.load::<[u8; 8]>(icmp) else { return TC_ACT_UNSPEC };
@@ -59,30 +65,31 @@ fn on_error4(skb: &Skb, w: &mut Work) -> i32 {
         return TC_ACT_UNSPEC;
     }
     let Some(p) = skb.load::<[u8; 4]>(inner_l4) else { return TC_ACT_UNSPEC };
-    let mut qsrc = [0u8; 16];
-    let mut qdst = [0u8; 16];
+    w.rkey.src = [0; 16];
+    w.rkey.dst = [0; 16];
     let mut i = 0;
     while i < 4 {
-        qsrc[i] = q[12 + i];
-        qdst[i] = q[16 + i];
+        w.rkey.src[i] = q[16 + i];
+        w.rkey.dst[i] = q[12 + i];
         i += 1;
     }
     let (sport, dport) = ([p[0], p[1]], [p[2], p[3]]);
-    let Some((key, olen)) = quoted_flow(ip.family, &qsrc, &qdst, sport, dport) else { return TC_ACT_UNSPEC };
+    let Some(olen) = quoted_flow(w, sport, dport) else { return TC_ACT_UNSPEC };
     // The outer header: from the virtual address to the client.
-    if nat::set_addrs(skb, ETH_HLEN, false, (&ip.src, &ip.dst), (&key.dst, &key.src)).is_none() {
+    if nat::set_addrs(skb, ETH_HLEN, false, (&w.ip.src, &w.ip.dst), (&w.key.dst, &w.key.src)).is_none() {
         return drop(LbCounter::DropRewrite);
     }
     // The quoted header: the client's packet to the virtual address.
     let addr_delta = csum::delta(
-        csum::add(sum_addr(&qsrc, false), sum_addr(&qdst, false)),
-        csum::add(sum_addr(&key.src, false), sum_addr(&key.dst, false)),
+        csum::add(sum_addr(&w.rkey.dst, false), sum_addr(&w.rkey.src, false)),
+        csum::add(sum_addr(&w.key.src, false), sum_addr(&w.key.dst, false)),
     );
     let qcheck_old = u16::from_be_bytes([q[10], q[11]]);
     let qcheck_new = csum::apply(qcheck_old, addr_delta);
-    let addrs = [key.src[0], key.src[1], key.src[2], key.src[3], key.dst[0], key.dst[1], key.dst[2], key.dst[3]];
-    let ports = [key.sport[0], key.sport[1], key.dport[0], key.dport[1]];
-    let port_delta = csum::delta(sum_ports(sport, dport), sum_ports(key.sport, key.dport));
+    let k = &w.key;
+    let addrs = [k.src[0], k.src[1], k.src[2], k.src[3], k.dst[0], k.dst[1], k.dst[2], k.dst[3]];
+    let ports = [k.sport[0], k.sport[1], k.dport[0], k.dport[1]];
+    let port_delta = csum::delta(sum_ports(sport, dport), sum_ports(k.sport, k.dport));
     let mut d = csum::add(addr_delta, csum::add(port_delta, csum::delta(qcheck_old as u32, qcheck_new as u32)));
     if !skb.store(inner + 12, &addrs, 0)
         || !skb.store(inner + 10, &qcheck_new.to_be_bytes(), 0)
@@ -104,17 +111,15 @@ fn on_error4(skb: &Skb, w: &mut Work) -> i32 {
         return drop(LbCounter::DropRewrite);
     }
     count(LbCounter::IcmpTranslated);
-    w.key = key;
     forward::to(skb, &mut w.fib, false, &w.key.dst, &w.key.src)
 }
 
 #[inline(never)]
 fn on_error6(skb: &Skb, w: &mut Work) -> i32 {
-    let ip = &w.ip;
-    let icmp = ip.l4;
+    let icmp = w.ip.l4;
     let inner = icmp + 8;
     let inner_l4 = inner + 40;
-    if inner_l4 + 8 > ip.end {
+    if inner_l4 + 8 > w.ip.end {
         return TC_ACT_UNSPEC;
     }
     let Some(h) = skb.load::<[u8; 8]>(icmp) else { return TC_ACT_UNSPEC };
@@ -126,22 +131,26 @@ fn on_error6(skb: &Skb, w: &mut Work) -> i32 {
         return TC_ACT_UNSPEC;
     }
     let Some(p) = skb.load::<[u8; 4]>(inner_l4) else { return TC_ACT_UNSPEC };
-    let Some(qsrc) = skb.load::<[u8; 16]>(inner + 8) else { return TC_ACT_UNSPEC };
-    let Some(qdst) = skb.load::<[u8; 16]>(inner + 24) else { return TC_ACT_UNSPEC };
+    if !skb.load_into(inner + 24, w.rkey.src.as_mut_ptr(), 16) || !skb.load_into(inner + 8, w.rkey.dst.as_mut_ptr(), 16)
+    {
+        return TC_ACT_UNSPEC;
+    }
     let (sport, dport) = ([p[0], p[1]], [p[2], p[3]]);
-    let Some((key, olen)) = quoted_flow(ip.family, &qsrc, &qdst, sport, dport) else { return TC_ACT_UNSPEC };
-    let Some(outer_delta) = nat::set_addrs(skb, ETH_HLEN, true, (&ip.src, &ip.dst), (&key.dst, &key.src)) else {
+    let Some(olen) = quoted_flow(w, sport, dport) else { return TC_ACT_UNSPEC };
+    let Some(outer_delta) = nat::set_addrs(skb, ETH_HLEN, true, (&w.ip.src, &w.ip.dst), (&w.key.dst, &w.key.src))
+    else {
         return drop(LbCounter::DropRewrite);
     };
-    let ports = [key.sport[0], key.sport[1], key.dport[0], key.dport[1]];
+    let k = &w.key;
+    let ports = [k.sport[0], k.sport[1], k.dport[0], k.dport[1]];
     let mut d = csum::add(
         csum::delta(
-            csum::add(sum_addr(&qsrc, true), sum_addr(&qdst, true)),
-            csum::add(sum_addr(&key.src, true), sum_addr(&key.dst, true)),
+            csum::add(sum_addr(&w.rkey.dst, true), sum_addr(&w.rkey.src, true)),
+            csum::add(sum_addr(&k.src, true), sum_addr(&k.dst, true)),
         ),
-        csum::delta(sum_ports(sport, dport), sum_ports(key.sport, key.dport)),
+        csum::delta(sum_ports(sport, dport), sum_ports(k.sport, k.dport)),
     );
-    if !skb.store(inner + 8, &key.src, 0) || !skb.store(inner + 24, &key.dst, 0) || !skb.store(inner_l4, &ports, 0) {
+    if !skb.store(inner + 8, &k.src, 0) || !skb.store(inner + 24, &k.dst, 0) || !skb.store(inner_l4, &ports, 0) {
         return drop(LbCounter::DropRewrite);
     }
     if h[0] == 2 {
@@ -158,6 +167,5 @@ fn on_error6(skb: &Skb, w: &mut Work) -> i32 {
         return drop(LbCounter::DropRewrite);
     }
     count(LbCounter::IcmpTranslated);
-    w.key = key;
     forward::to(skb, &mut w.fib, true, &w.key.dst, &w.key.src)
 }
