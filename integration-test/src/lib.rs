@@ -10,6 +10,7 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod line;
 pub mod netns;
 pub mod packet;
 pub mod process;

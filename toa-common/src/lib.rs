@@ -12,6 +12,7 @@ pub mod config;
 pub mod counters;
 pub mod format;
 pub mod inject;
+pub mod lb;
 pub mod option;
 pub mod peer;
 pub mod segment;

@@ -13,7 +13,7 @@
 //!
 //! | room | holds |
 //! |---|---|
-//! | [`forwarder`] | the client-side option writer ([`forwarder::inject`]) and the TCP proxy that drives it ([`forwarder::proxy`]) |
+//! | [`forwarder`] | the client-side option writer ([`forwarder::inject`]), the TCP proxy that drives it ([`forwarder::proxy`]), and the packet-level forwarder ([`forwarder::lb`]) |
 //! | [`ops`] | what operators run against a receiver: counters, status, the connection table, the wire decoder, the system check, metrics |
 //! | [`receiver`] | the eBPF object, the declarative table of programs, the agent that loads, attaches and pins them |
 //! | [`config`] | the configuration file: schema, typed values, defaults, the loader and the printer |
@@ -33,6 +33,8 @@
 //!   what to write, per cgroup or per socket; [`forwarder::proxy`]: run the
 //!   forwarder from validated [`forwarder::proxy::Settings`], and read a
 //!   running one's counters.
+//! - [`forwarder::lb`]: the packet-level forwarder, run from validated
+//!   [`forwarder::lb::Settings`] (its flags, [`forwarder::lb::Flags`]).
 //! - [`ops`]: the library half of each operator command (`stats`, `status`,
 //!   `table`, `sniff`, `doctor`, the metrics listener and the debug
 //!   connection log).

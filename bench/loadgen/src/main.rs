@@ -2,7 +2,10 @@
 //!
 //! ```text
 //! toa-loadgen serve ADDR                      rr server: 1 byte in, 1 byte out, wait for EOF, close;
-//!                                             a connection whose first byte is 'B' is sunk instead
+//!                                             a connection whose first byte is 'B' is sunk instead,
+//!                                             one whose first byte is 'P' has every byte echoed
+//! toa-loadgen ping ADDR SECONDS               1-byte round trips on one connection; prints
+//!                                             "rtt_p50_us X rtt_p99_us Y count N"
 //! toa-loadgen rr ADDR PARALLEL SECONDS        short connections; prints "conns_per_s N errors E"
 //! toa-loadgen bulk ADDR STREAMS SECONDS       one-way bulk upload; prints "gbit_per_s X"
 //! ```
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
-        eprintln!("usage: toa-loadgen serve ADDR | rr ADDR PARALLEL SECONDS | bulk ADDR STREAMS SECONDS");
+        eprintln!("usage: toa-loadgen serve ADDR | rr ADDR PARALLEL SECONDS | bulk ADDR STREAMS SECONDS | ping ADDR SECONDS");
         std::process::exit(2)
     };
     if args.len() < 3 {
@@ -28,6 +31,7 @@ fn main() {
         "serve" => serve(addr),
         "rr" => rr(addr, num(3) as usize, num(4)),
         "bulk" => bulk(addr, num(3) as usize, num(4)),
+        "ping" => ping(addr, num(3)),
         _ => usage(),
     }
 }
@@ -43,6 +47,18 @@ fn serve(addr: SocketAddr) {
                     let Ok((mut c, _)) = l.accept() else { continue };
                     let mut b = [0u8; 1];
                     if c.read_exact(&mut b).is_err() {
+                        continue;
+                    }
+                    if b[0] == b'P' {
+                        std::thread::spawn(move || {
+                            let _ = c.set_nodelay(true);
+                            let mut b = [0u8; 1];
+                            while matches!(c.read(&mut b), Ok(1)) {
+                                if c.write_all(&b).is_err() {
+                                    break;
+                                }
+                            }
+                        });
                         continue;
                     }
                     if b[0] == b'B' {
@@ -131,4 +147,28 @@ fn bulk(addr: SocketAddr, streams: usize, secs: u64) {
     }
     let gbit = (b1 - b0) as f64 * 8.0 / (t1 - t0).as_secs_f64() / 1e9;
     println!("gbit_per_s {gbit:.2}");
+}
+
+fn ping(addr: SocketAddr, secs: u64) {
+    let mut c = TcpStream::connect(addr).expect("connect");
+    c.set_nodelay(true).expect("nodelay");
+    c.write_all(b"P").expect("write");
+    let mut b = [0u8; 1];
+    let mut rtts = Vec::new();
+    let warm = Instant::now() + Duration::from_millis(300);
+    let end = warm + Duration::from_secs(secs);
+    loop {
+        let t = Instant::now();
+        if t >= end {
+            break;
+        }
+        c.write_all(b"x").expect("write");
+        c.read_exact(&mut b).expect("read");
+        if t >= warm {
+            rtts.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    rtts.sort_unstable();
+    let pct = |p: usize| rtts.get(rtts.len().saturating_sub(1) * p / 100).copied().unwrap_or(0) as f64 / 1000.0;
+    println!("rtt_p50_us {:.1} rtt_p99_us {:.1} count {}", pct(50), pct(99), rtts.len());
 }

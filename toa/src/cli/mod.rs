@@ -9,6 +9,7 @@ mod config;
 mod detach;
 mod doctor;
 mod inject;
+mod lb;
 mod man;
 mod proxy;
 mod reload;
@@ -65,6 +66,10 @@ enum Command {
     Inject(inject::InjectArgs),
     /// Forward TCP connections to backends, inserting the client's address as a TOA option.
     Proxy(Box<proxy::ProxyArgs>),
+    /// Forward packets to backends (FullNAT in eBPF), inserting the client's address as a TOA option.
+    ///
+    /// Runs in the foreground until SIGINT/SIGTERM; detaches everything on exit.
+    Lb(Box<lb::LbArgs>),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff); `--out-dir`: write toa.1 and a page per subcommand there.
@@ -85,6 +90,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Config(args) => config::run(args),
         Command::Inject(args) => inject::run(args),
         Command::Proxy(args) => proxy::run(*args),
+        Command::Lb(args) => lb::run(*args),
         Command::Completions(args) => completions::run(args, Cli::command()),
         Command::Man(args) => man::run(args, Cli::command()),
     }
