@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use crate::cgroup::Cgroup;
 use crate::netns::unique_name;
-use crate::process::{Spawned, command_in, spawn};
+use crate::process::{self, Spawned, command_in, spawn};
 
 /// The suite every container boots.
 pub const SUITE: &str = "bookworm";
@@ -133,13 +133,7 @@ pub fn debian_rootfs(cache: &Path, packages: &[&str]) -> PathBuf {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run mmdebstrap (apt install mmdebstrap): {e}"));
-    assert!(
-        out.status.success(),
-        "mmdebstrap failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    process::succeeded(&out, "mmdebstrap");
     fs::write(tmp.0.join(".toa-rootfs-complete"), include).expect("marking the rootfs complete");
     let _ = fs::remove_dir_all(&path);
     fs::rename(&tmp.0, &path).unwrap_or_else(|e| panic!("cannot move the rootfs to {}: {e}", path.display()));
@@ -151,13 +145,7 @@ pub fn debian_rootfs(cache: &Path, packages: &[&str]) -> PathBuf {
 fn checked(cmd: &mut Command) -> Output {
     let desc = format!("{cmd:?}");
     let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    assert!(
-        out.status.success(),
-        "{desc} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    process::succeeded(&out, &desc);
     out
 }
 

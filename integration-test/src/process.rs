@@ -94,6 +94,23 @@ pub fn run_in(netns: Option<&Path>, cgroup: Option<&Path>, args: &[&str]) -> Out
     cmd.output().unwrap_or_else(|e| panic!("cannot run {args:?} (netns {netns:?}, cgroup {cgroup:?}): {e}"))
 }
 
+/// Asserts that a finished command succeeded and returns its standard output;
+/// on failure the panic names `what` and shows both streams.
+///
+/// # Panics
+///
+/// If the command exited unsuccessfully.
+pub fn succeeded(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// One of a child's output streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {

@@ -17,7 +17,6 @@ use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::Output,
     time::Duration,
 };
 
@@ -26,7 +25,7 @@ use integration_test::{
     cgroup::{Cgroup, cgroup2_root},
     container::{self, step},
     netns::{Pair, unique_name},
-    process::{Spawned, Stream, command_in, run_in, spawn},
+    process::{Spawned, Stream, command_in, run_in, spawn, succeeded},
 };
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -51,27 +50,16 @@ while True:
     c.close()
 "#;
 
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Runs and prints a host command.
 fn host(args: &[&str]) -> String {
     step(&format!("host # {}", args.join(" ")));
-    ok(&run_in(None, None, args), &args.join(" "))
+    succeeded(&run_in(None, None, args), &args.join(" "))
 }
 
 /// `scripts/image --no-build`: the image ID.
 fn build_image() -> String {
     let out = run_in(None, None, &[&format!("{REPO}/scripts/image"), "--no-build"]);
-    ok(&out, "scripts/image").lines().last().expect("the image ID").trim().to_string()
+    succeeded(&out, "scripts/image").lines().last().expect("the image ID").trim().to_string()
 }
 
 /// This sandbox has no CAP_SYS_RESOURCE, so the runtime may not raise limits
@@ -129,7 +117,7 @@ impl Ctr {
     /// The host pid of the container's main process.
     fn pid(&self) -> i32 {
         let out = run_in(None, None, &["podman", "inspect", "-f", "{{.State.Pid}}", &self.name]);
-        ok(&out, "podman inspect").trim().parse().expect("a pid")
+        succeeded(&out, "podman inspect").trim().parse().expect("a pid")
     }
 
     /// `podman stop` (SIGTERM, then the pod's grace period) and waits for the exit.
@@ -401,7 +389,7 @@ fn the_image_runs_as_the_daemonset_declares_and_translates_host_and_container_se
             Some(cli_cg.path()),
             &["python3", "-c", client, "192.0.2.2", &port.to_string()],
         );
-        let line = ok(&out, "client").trim().to_string();
+        let line = succeeded(&out, "client").trim().to_string();
         step(&format!("client -> 192.0.2.2:{port}: {line}"));
         line.split("getpeername=")
             .nth(1)

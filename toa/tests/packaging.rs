@@ -17,28 +17,18 @@ use common::{READY, TOA, attached_to, require_root, toa};
 use integration_test::{
     cgroup::Cgroup,
     netns::unique_name,
-    process::{Spawned, Stream, command_in, run_in, spawn},
+    process::{Spawned, Stream, command_in, run_in, spawn, succeeded},
 };
 use yaml_rust2::{Yaml, YamlLoader};
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-
-fn ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Builds the .deb once per test binary (`scripts/package --no-build`, from the binary under test).
 fn deb() -> &'static Path {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
     DEB.get_or_init(|| {
         let out = run_in(None, None, &[&format!("{REPO}/scripts/package"), "--no-build"]);
-        ok(&out, "scripts/package");
+        succeeded(&out, "scripts/package");
         let last = String::from_utf8_lossy(&out.stdout).lines().last().expect("the .deb path").to_string();
         let path = Path::new(REPO).join(last);
         assert!(path.is_file(), "{}", path.display());
@@ -85,14 +75,14 @@ fn the_deb_installs_enables_removes_and_purges_cleanly_in_a_scratch_root() {
     require_root();
     let deb = deb().to_string_lossy().into_owned();
     let info = run_in(None, None, &["dpkg-deb", "--info", &deb]);
-    ok(&info, "dpkg-deb --info");
+    succeeded(&info, "dpkg-deb --info");
     let info = String::from_utf8_lossy(&info.stdout);
     assert!(info.contains("Package: toa") && info.contains("postinst") && info.contains("prerm"), "{info}");
     let conffiles = run_in(None, None, &["dpkg-deb", "-I", &deb, "conffiles"]);
     assert_eq!(String::from_utf8_lossy(&conffiles.stdout).trim(), "/etc/toa/toa.toml");
 
     let root = ScratchRoot::new();
-    ok(&root.dpkg(&["-i", &deb]), "dpkg -i");
+    succeeded(&root.dpkg(&["-i", &deb]), "dpkg -i");
     for path in [
         "usr/bin/toa",
         "lib/systemd/system/toa.service",
@@ -110,7 +100,7 @@ fn the_deb_installs_enables_removes_and_purges_cleanly_in_a_scratch_root() {
     let bin = root.0.join("usr/bin/toa");
     assert_eq!(fs::metadata(&bin).expect("binary").permissions().mode() & 0o777, 0o755);
     let version = run_in(None, None, &[&bin.to_string_lossy(), "--version"]);
-    ok(&version, "toa --version");
+    succeeded(&version, "toa --version");
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("toa "));
     assert_eq!(
         fs::read_to_string(root.0.join("etc/toa/toa.toml")).expect("config"),
@@ -127,11 +117,11 @@ fn the_deb_installs_enables_removes_and_purges_cleanly_in_a_scratch_root() {
 
     // An edited conffile survives removal; purge removes it.
     fs::write(root.0.join("etc/toa/toa.toml"), "persist = true\n").expect("edit");
-    ok(&root.dpkg(&["-r", "toa"]), "dpkg -r");
+    succeeded(&root.dpkg(&["-r", "toa"]), "dpkg -r");
     assert!(!root.has("usr/bin/toa") && !root.has("lib/systemd/system/toa.service"));
     assert!(!root.has(WANTS), "removal disables the unit");
     assert!(root.has("etc/toa/toa.toml"), "remove keeps the edited configuration");
-    ok(&root.dpkg(&["-P", "toa"]), "dpkg -P");
+    succeeded(&root.dpkg(&["-P", "toa"]), "dpkg -P");
     assert!(!root.has("etc/toa"), "purge removes the configuration");
     let listed =
         run_in(None, None, &["find", &root.0.to_string_lossy(), "-type", "f", "-not", "-path", "*/var/lib/dpkg/*"]);
@@ -181,7 +171,7 @@ fn removing_the_package_on_a_live_system_leaves_nothing_attached_even_with_persi
     let default_pins = "/sys/fs/bpf/toa";
     let deb = deb().to_string_lossy().into_owned();
     let ctl = std::env::temp_dir().join(unique_name("toa-ctl", 40));
-    ok(&run_in(None, None, &["dpkg-deb", "-e", &deb, &ctl.to_string_lossy()]), "dpkg-deb -e");
+    succeeded(&run_in(None, None, &["dpkg-deb", "-e", &deb, &ctl.to_string_lossy()]), "dpkg-deb -e");
     let cg = Cgroup::new("toa-srv");
     let mut cmd = mounts.command(TOA);
     cmd.args(["agent", "--cgroup", &cg.path().to_string_lossy(), "--persist", "--metrics-listen", ""]);
@@ -196,7 +186,7 @@ fn removing_the_package_on_a_live_system_leaves_nothing_attached_even_with_persi
     let path = format!("PATH={bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin");
     let out =
         mounts.command("env").args(["-u", "DPKG_ROOT", &path, "sh", &prerm, "remove"]).output().expect("run prerm");
-    ok(&out, "prerm remove");
+    succeeded(&out, "prerm remove");
     assert_eq!(attached_to(cg.path()).trim(), "", "nothing attached after removal");
     assert!(!mounts.exists(default_pins), "no pins left");
     let _ = fs::remove_dir_all(&ctl);
@@ -243,7 +233,7 @@ fn the_systemd_unit_verifies() {
         ],
     );
     // verify exits 0 on unknown keys and bad values too; it says so on stderr.
-    ok(&out, "systemd-analyze verify");
+    succeeded(&out, "systemd-analyze verify");
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "", "systemd-analyze verify complains");
     assert_eq!(unit_value("ExecStart"), "/usr/bin/toa agent");
     // Type=notify: started means attached. Reload needs nothing but toa itself
@@ -371,7 +361,7 @@ fn the_daemonset_manifest_grants_capabilities_mounts_bpffs_and_cgroup2_and_probe
     fs::create_dir_all(&dir).expect("dir");
     fs::write(dir.join("toa.toml"), config).expect("write");
     let out = toa(&["config", "--config", &dir.join("toa.toml").to_string_lossy()]);
-    ok(&out, "toa config on the ConfigMap's file");
+    succeeded(&out, "toa config on the ConfigMap's file");
     let parsed: toml::Table = config.parse().expect("TOML");
     assert_eq!(
         parsed["metrics_listen"].as_str(),
@@ -392,7 +382,7 @@ fn the_daemonset_manifest_grants_capabilities_mounts_bpffs_and_cgroup2_and_probe
 fn the_daemonset_manifest_validates_against_the_kubernetes_api_schemas() {
     // kubernetes-validate (PyPI), strict, Kubernetes 1.25 and 1.37; offline once installed.
     let out = run_in(None, None, &[&format!("{REPO}/scripts/validate-k8s")]);
-    ok(&out, "scripts/validate-k8s");
+    succeeded(&out, "scripts/validate-k8s");
     let log = String::from_utf8_lossy(&out.stdout);
     for version in ["1.25", "1.37"] {
         assert!(log.contains(&format!("passed for resource daemonset/toa against version {version}")), "{log}");
