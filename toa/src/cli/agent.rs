@@ -8,7 +8,7 @@ use toa::{
     config::{Config, Prefix},
     ops::{metrics::MetricsServer, readiness::StateFile, save_syn, watch::ConnectionLog},
     receiver::agent::{Agent, AgentConfig},
-    sys::{notify::Notifier, service, signals::TerminationSignals},
+    sys::{notify::ServiceManager, service, signals::TerminationSignals},
 };
 use toa_common::Format;
 
@@ -89,15 +89,7 @@ fn agent_settings(args: &AgentArgs) -> Result<(Config, AgentConfig)> {
 pub fn run(args: AgentArgs) -> Result<()> {
     let signals = TerminationSignals::block().context("blocking SIGINT/SIGTERM/SIGHUP")?;
     let (file, settings) = agent_settings(&args)?;
-    let notifier = Notifier::from_env().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "NOTIFY_SOCKET is unusable; systemd will not hear of readiness");
-        None
-    });
-    let notify = |what: &str, r: std::io::Result<()>| {
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "could not notify systemd ({what})");
-        }
-    };
+    let systemd = ServiceManager::from_env();
     // Refuse a start without the privileges or with a wrong cgroup before binding anything.
     Agent::preflight(&settings)?;
     // Bound before attaching: /healthz answers 503 until the programs are attached.
@@ -126,15 +118,11 @@ pub fn run(args: AgentArgs) -> Result<()> {
     if let Some(m) = &metrics {
         tracing::info!(addr = %m.addr(), "metrics on /metrics, health on /healthz");
     }
-    if let Some(n) = &notifier {
-        notify("READY=1", n.ready(&attached_status(&agent)));
-    }
+    systemd.ready(&attached_status(&agent));
     loop {
         let sig = signals.wait().context("waiting for a signal")?;
         if sig == libc::SIGHUP {
-            if let Some(n) = &notifier {
-                notify("RELOADING=1", n.reloading());
-            }
+            systemd.reloading();
             let outcome = agent_settings(&args).and_then(|(_, new)| Ok(agent.apply(&new)?));
             let error = match outcome {
                 Ok(()) => {
@@ -152,9 +140,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
             if let Err(e) = state.reloaded(error) {
                 tracing::warn!(error = %e, "could not record the reload's outcome");
             }
-            if let Some(n) = &notifier {
-                notify("READY=1", n.ready(&attached_status(&agent)));
-            }
+            systemd.ready(&attached_status(&agent));
             continue;
         }
         tracing::info!(signal = sig, "stopping");
@@ -162,10 +148,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
     }
     // A restart job (systemctl restart): leave everything attached for the next agent.
     let restart = !agent.config().persist && service::restart_queued();
-    if let Some(n) = &notifier {
-        let what = if restart { "restarting: programs stay attached" } else { "stopping" };
-        notify("STOPPING=1", n.stopping(what));
-    }
+    systemd.stopping(if restart { "restarting: programs stay attached" } else { "stopping" });
     drop(state);
     drop(connlog);
     drop(metrics);
@@ -175,9 +158,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
     } else {
         agent.stop()?;
     }
-    if let Some(n) = &notifier {
-        notify("BARRIER=1", n.barrier(std::time::Duration::from_secs(5)));
-    }
+    systemd.barrier(std::time::Duration::from_secs(5));
     Ok(())
 }
 

@@ -142,6 +142,50 @@ pub fn ready(status: &str) -> io::Result<()> {
     Notifier::from_env()?.map_or(Ok(()), |n| n.ready(status))
 }
 
+/// What a daemon tells its service manager, best effort: nothing outside
+/// systemd, and a notification that cannot be sent is logged, never fatal
+/// (the daemon works the same; only systemd's view of it lags).
+#[derive(Debug)]
+pub struct ServiceManager(Option<Notifier>);
+
+impl ServiceManager {
+    /// The manager named by `$NOTIFY_SOCKET`; an unusable value is logged once.
+    pub fn from_env() -> ServiceManager {
+        ServiceManager(Notifier::from_env().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "NOTIFY_SOCKET is unusable; systemd will not hear of readiness");
+            None
+        }))
+    }
+
+    /// `READY=1` with a status line.
+    pub fn ready(&self, status: &str) {
+        self.tell("READY=1", |n| n.ready(status));
+    }
+
+    /// `RELOADING=1`.
+    pub fn reloading(&self) {
+        self.tell("RELOADING=1", Notifier::reloading);
+    }
+
+    /// `STOPPING=1` with a status line.
+    pub fn stopping(&self, status: &str) {
+        self.tell("STOPPING=1", |n| n.stopping(status));
+    }
+
+    /// `BARRIER=1`: waits up to `timeout` for the manager to catch up.
+    pub fn barrier(&self, timeout: Duration) {
+        self.tell("BARRIER=1", |n| n.barrier(timeout));
+    }
+
+    fn tell(&self, what: &str, send: impl FnOnce(&Notifier) -> io::Result<()>) {
+        if let Some(n) = &self.0
+            && let Err(e) = send(n)
+        {
+            tracing::warn!(error = %e, "could not notify systemd ({what})");
+        }
+    }
+}
+
 /// Status lines are single lines: a newline would start another assignment.
 fn one_line(s: &str) -> String {
     s.replace('\n', " ")

@@ -46,7 +46,7 @@ use shared::Shared;
 use crate::{
     Error, Result,
     forwarder::inject::Injector,
-    sys::{host as system, net as sys, notify::Notifier, rlimit, signals::TerminationSignals},
+    sys::{host as system, net as sys, notify::ServiceManager, rlimit, signals::TerminationSignals},
 };
 
 /// How often the drain looks whether every connection has finished.
@@ -80,18 +80,8 @@ pub fn run(settings: Settings, mut reload: impl FnMut() -> Result<Settings>) -> 
         "proxy ready"
     );
     // Type=notify units (toa-proxy@.service): started means listening and forwarding.
-    let notifier = Notifier::from_env().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "NOTIFY_SOCKET is unusable; systemd will not hear of readiness");
-        None
-    });
-    let notify = |what: &str, r: std::io::Result<()>| {
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "could not notify systemd ({what})");
-        }
-    };
-    if let Some(n) = &notifier {
-        notify("READY=1", n.ready("forwarding"));
-    }
+    let systemd = ServiceManager::from_env();
+    systemd.ready("forwarding");
     let mut current = settings;
     loop {
         let sig = signals.wait().map_err(Error::io("waiting for a signal", "signals"))?;
@@ -99,20 +89,14 @@ pub fn run(settings: Settings, mut reload: impl FnMut() -> Result<Settings>) -> 
             tracing::info!(signal = sig, "stopping");
             break;
         }
-        if let Some(n) = &notifier {
-            notify("RELOADING=1", n.reloading());
-        }
+        systemd.reloading();
         match reload() {
             Ok(next) => apply(&shared, &threads, &mut current, next),
             Err(e) => refused(&shared, &e),
         }
-        if let Some(n) = &notifier {
-            notify("READY=1", n.ready("forwarding"));
-        }
+        systemd.ready("forwarding");
     }
-    if let Some(n) = &notifier {
-        notify("STOPPING=1", n.stopping("draining: open connections may finish"));
-    }
+    systemd.stopping("draining: open connections may finish");
     drain(&shared, &mut threads, &signals, current.drain_timeout);
     threads.stop();
     let (written, no_room) = shared.option_counters();
