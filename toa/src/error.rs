@@ -38,13 +38,21 @@ pub enum Error {
         /// The cgroup v2 mount point.
         root: PathBuf,
     },
-    /// Another agent holds the lock.
-    #[error("another toa agent is already running ({holder}; lock {lock}); stop it first")]
+    /// Another agent holds the pin directory's lock.
+    #[error("another toa agent is already running on {} ({holder}); stop it first, or give this one another pin_dir", pins.display())]
     AlreadyRunning {
         /// Who holds it (pid).
         holder: String,
-        /// The lock file.
-        lock: PathBuf,
+        /// The pin directory (canonical).
+        pins: PathBuf,
+    },
+    /// An agent runs on the pin directory (for what needs it stopped).
+    #[error("an agent is running on {} ({holder}); stop it first (systemctl stop toa)", pins.display())]
+    AgentRunning {
+        /// Who holds the lock (pid).
+        holder: String,
+        /// The pin directory (canonical).
+        pins: PathBuf,
     },
     /// No agent state is pinned where we looked.
     #[error("no toa agent is running ({path} does not exist); start one with `toa agent`")]

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::{
     ops::stats::Snapshot,
-    receiver::{lock::InstanceLock, programs::RECEIVER},
+    receiver::{lock, programs::RECEIVER},
     sys::{host as system, paths::PinDir},
 };
 
@@ -76,10 +76,9 @@ impl KernelFacts {
 impl Status {
     /// Gathers the status of the agent owning `pins`.
     pub fn read(pins: &PinDir) -> Status {
-        let lock = pins.lock_file();
-        let agent_running = InstanceLock::is_held(&lock);
-        let agent_pid =
-            if agent_running { fs::read_to_string(&lock).ok().and_then(|s| s.trim().parse().ok()) } else { None };
+        let holder = lock::holder(pins);
+        let agent_running = holder.is_some();
+        let agent_pid = holder.and_then(|h| h.pid);
         let mut maps: Vec<String> = list(&pins.maps());
         maps.sort();
         let cgroup_root = system::cgroup2_root().ok();

@@ -136,10 +136,11 @@ impl Agent {
         system::require_root()?;
         let scopes = resolve_scopes(&config.cgroups)?;
         system::require_btf()?;
-        let lock = InstanceLock::acquire(&config.pins.lock_file())?;
         let pins = &config.pins;
         system::ensure_bpffs(pins.root())?;
         let created_root = !pins.root().exists();
+        fs::create_dir_all(pins.root()).map_err(Error::io("creating", pins.root()))?;
+        let lock = InstanceLock::acquire(pins)?;
         for dir in [pins.maps(), pins.links()] {
             fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
         }
@@ -299,12 +300,14 @@ impl Agent {
 /// programs), then the directory. Refuses while an agent runs there.
 pub fn detach(pins: &PinDir) -> Result<usize> {
     system::require_root()?;
-    if InstanceLock::is_held(&pins.lock_file()) {
-        return Err(Error::Invalid(format!(
-            "an agent is running on {}; stop it first (systemctl stop toa)",
-            pins.root().display()
-        )));
+    if !pins.root().exists() {
+        return Ok(0);
     }
+    // Held while removing, so that no agent starts on the directory meanwhile.
+    let _lock = InstanceLock::acquire(pins).map_err(|e| match e {
+        Error::AlreadyRunning { holder, pins } => Error::AgentRunning { holder, pins },
+        other => other,
+    })?;
     let links = existing_link_pins(pins);
     let n = links.len();
     for (_, link) in links {

@@ -117,6 +117,18 @@ pub fn own_cgroup() -> Result<PathBuf> {
     Ok(cgroup2_root()?.join(rel.trim().trim_start_matches('/')))
 }
 
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`, after the parenthesised command name).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_start_time(&stat)
+}
+
+fn stat_start_time(stat: &str) -> Option<u64> {
+    // Fields after the command name start with field 3 (the state).
+    stat.rsplit_once(')')?.1.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
 /// The running kernel's release (`uname -r`); empty when unreadable.
 pub fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
@@ -163,6 +175,13 @@ pub fn is_bpffs(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_start_time_is_field_22_whatever_the_command_name() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(stat_start_time(stat), Some(987654));
+        assert!(process_start_time(std::process::id()).is_some_and(|t| t > 0));
+    }
 
     #[test]
     fn finds_cgroup2_in_hybrid_and_unified_tables() {
