@@ -54,6 +54,14 @@ pub enum Error {
         /// The pin directory (canonical).
         pins: PathBuf,
     },
+    /// A pin toa would use is someone else's.
+    #[error("{} is not toa's: {why}; remove it, or choose another pin_dir", path.display())]
+    ForeignPin {
+        /// The pin.
+        path: PathBuf,
+        /// What it is instead.
+        why: String,
+    },
     /// No agent state is pinned where we looked.
     #[error("no toa agent is running ({path} does not exist); start one with `toa agent`")]
     NotRunning {
@@ -151,6 +159,6 @@ impl Error {
     /// Whether the error comes from what the user asked for (exit code 2)
     /// rather than from the system.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::NotACgroup { .. } | Error::Invalid(_) | Error::Config { .. })
+        matches!(self, Error::NotACgroup { .. } | Error::Invalid(_) | Error::Config { .. } | Error::ForeignPin { .. })
     }
 }

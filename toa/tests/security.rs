@@ -1,19 +1,21 @@
 //! The agent against a careless operator: one agent per pin set, however
-//! the directory is spelled.
+//! the directory is spelled, and `toa detach` removes only what toa created.
 
 mod common;
 
 use std::{
     fs,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::Output,
 };
 
 use common::{READY, TOA, attached_to, require_root, stderr_lines, toa};
 use integration_test::{
+    bpf::Program,
     cgroup::Cgroup,
     netns::unique_name,
-    process::{Spawned, Stream, command_in, spawn},
+    process::{Spawned, Stream, command_in, run_in, spawn},
 };
 use serde_json::Value;
 
@@ -168,4 +170,87 @@ fn pin_dirs_whose_names_differ_only_in_slash_and_dash_are_two_agents() {
     assert_eq!((toa_ids(cg1.path()).len(), toa_ids(cg2.path()).len()), (4, 4));
     assert!(one.terminate().success() && two.terminate().success());
     assert!(!nested.exists() && !dashed.exists());
+}
+
+/// `bpftool map create PATH ...` for a map that is not toa's.
+fn create_map(path: &Path, spec: &[&str]) {
+    let path_s = path.to_string_lossy().into_owned();
+    let out = run_in(None, None, &[&["bpftool", "map", "create", &path_s], spec].concat());
+    assert!(out.status.success(), "bpftool map create {path_s}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+#[ignore = "needs root: BPF, cgroups"]
+fn detach_and_the_agent_leave_pins_that_are_not_toas() {
+    require_root();
+    let (cg, elsewhere) = (Cgroup::new("toa-sec"), Cgroup::new("toa-sec"));
+    let pins = unique_pins();
+    let _guard = PinsGuard(pins.clone());
+    let pins_s = pins.to_string_lossy().into_owned();
+    let cg_s = cg.path().to_string_lossy().into_owned();
+    let mut agent = spawn_agent(&[&agent_args(&cg_s, &pins_s)[..], &["--persist"]].concat());
+    assert!(agent.terminate().success());
+    assert_eq!(toa_ids(cg.path()).len(), 4, "persist keeps the programs");
+
+    // Someone else's pins among toa's: a map of its own, a map with a toa
+    // map's name and another shape, a link named like toa's whose program is
+    // not toa's, and a directory.
+    let foo = pins.join("maps/foo");
+    create_map(&foo, &["type", "hash", "key", "4", "value", "4", "entries", "1", "name", "foo"]);
+    let ports = pins.join("maps/TOA_PORTS");
+    fs::remove_file(&ports).expect("unpinning toa's TOA_PORTS");
+    create_map(&ports, &["type", "hash", "key", "4", "value", "4", "entries", "1", "name", "TOA_PORTS"]);
+    let elsewhere_id = fs::metadata(elsewhere.path()).expect("cgroup").ino();
+    let fake_link = pins.join(format!("links/toa_capture@{elsewhere_id}"));
+    let foreign = Program::sock_ops("not_toa");
+    foreign.pin_link(elsewhere.path(), &fake_link);
+    let extra = pins.join("extra");
+    fs::create_dir(&extra).expect("a directory");
+    create_map(&extra.join("bar"), &["type", "array", "key", "4", "value", "8", "entries", "1", "name", "bar"]);
+    let foreign_pins = [&foo, &ports, &fake_link, &extra];
+    let status: Value =
+        serde_json::from_slice(&toa(&["status", "--json", "--pin-dir", &pins_s]).stdout).expect("status --json");
+    assert_eq!(status["links"].as_array().map(Vec::len), Some(4), "toa's links only: {status}");
+    let listed: Vec<&str> = status["not_toas"].as_array().expect("not_toas").iter().filter_map(Value::as_str).collect();
+    for path in foreign_pins {
+        assert!(listed.iter().any(|l| l.starts_with(&format!("{}: ", path.display()))), "{listed:?}");
+    }
+
+    let out = toa(&["detach", "--pin-dir", &pins_s]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for path in foreign_pins {
+        assert!(path.exists(), "{} was removed:\n{stdout}", path.display());
+        let left: Vec<&str> = stdout.lines().filter(|l| l.starts_with(&format!("left {}: ", path.display()))).collect();
+        assert_eq!(left.len(), 1, "one line for {}:\n{stdout}", path.display());
+    }
+    assert!(
+        stdout.lines().any(|l| l.starts_with("left ") && l.contains("TOA_PORTS") && l.contains("hash")),
+        "{stdout}"
+    );
+    assert!(stdout.lines().last().is_some_and(|l| l.starts_with("detached 4 links")), "a summary: {stdout}");
+    assert_eq!(attached_to(cg.path()).trim(), "", "toa's programs are detached");
+    assert_eq!(attached_to(elsewhere.path()).matches("not_toa").count(), 1, "the foreign link stays attached");
+    for name in ["TOA_PEERS", "TOA_COUNTERS", "TOA_CONFIG", "TOA_TRUSTED"] {
+        assert!(!pins.join("maps").join(name).exists(), "{name} is toa's and removed");
+    }
+
+    // An agent does not take over a map that is not toa's: refused, nothing attached.
+    let out = refused_agent(&agent_args(&cg_s, &pins_s));
+    let lines = stderr_lines(&out);
+    assert_eq!(out.status.code(), Some(2), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains(&ports.to_string_lossy().into_owned()) && lines[0].contains("not toa's"), "{lines:?}");
+    assert_eq!(attached_to(cg.path()).trim(), "");
+    assert!(ports.exists() && foo.exists());
+
+    // Without the impostor the agent runs beside the other pins, and its
+    // clean stop removes only its own.
+    fs::remove_file(&ports).expect("removing the impostor");
+    let mut agent = spawn_agent(&agent_args(&cg_s, &pins_s));
+    assert_eq!(toa_ids(cg.path()).len(), 4);
+    assert!(agent.terminate().success());
+    assert_eq!(attached_to(cg.path()).trim(), "");
+    assert!(foo.exists() && fake_link.exists() && extra.join("bar").exists(), "the others' pins stay");
+    assert!(!pins.join("maps/TOA_COUNTERS").exists());
 }

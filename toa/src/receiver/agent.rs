@@ -5,6 +5,11 @@
 //! configuration attaches the new links first and only then replaces the
 //! pins, so the hooks never go empty and nothing is attached twice for long.
 //! Pins no longer wanted are removed, which detaches them.
+//!
+//! At start the pin directory of a previous agent is adopted: its maps (so
+//! no stored address is lost) and its links (replaced by this agent's).
+//! Pins that are not toa's are left alone, and a map that is not toa's under
+//! a toa map's name is refused.
 
 use std::{
     collections::BTreeMap,
@@ -31,7 +36,8 @@ use crate::{
     receiver::{
         ebpf,
         lock::InstanceLock,
-        programs::{self, ProgramSpec, RECEIVER},
+        pins::{Foreign, Inventory, MapVerdict, PINNED_MAPS},
+        programs::{self, KernelPrograms, ProgramSpec, RECEIVER},
     },
     sys::{host as system, paths::PinDir},
 };
@@ -121,61 +127,50 @@ pub struct Agent {
     links: BTreeMap<String, PinnedLink>,
     ebpf: Ebpf,
     config: AgentConfig,
+    pins: PinDir,
     scopes: Vec<Scope>,
     /// Programs this kernel could not load (optional ones only).
     unavailable: Vec<&'static str>,
-    _lock: InstanceLock,
+    _lock: Option<InstanceLock>,
 }
 
 impl Agent {
-    /// Checks the system, then loads, configures, attaches and pins the receiver.
+    /// Checks the system and the configuration, then loads, configures,
+    /// attaches and pins the receiver.
     ///
-    /// On error nothing of this call stays attached, and pins it created are
-    /// removed (pins of an earlier agent are left as they were).
+    /// Everything that can be refused (cgroups, another agent on the pin
+    /// directory, a pin that is not toa's) is refused before anything is
+    /// attached. On a later error nothing of this call stays attached, and
+    /// pins it created are removed.
     pub fn start(config: &AgentConfig) -> Result<Agent> {
         system::require_root()?;
         let scopes = resolve_scopes(&config.cgroups)?;
         system::require_btf()?;
-        let pins = &config.pins;
+        let pins = config.pins.clone();
         system::ensure_bpffs(pins.root())?;
         let created_root = !pins.root().exists();
         fs::create_dir_all(pins.root()).map_err(Error::io("creating", pins.root()))?;
-        let lock = InstanceLock::acquire(pins)?;
-        for dir in [pins.maps(), pins.links()] {
-            fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
-        }
-        let started = (|| -> Result<Agent> {
-            drop_incompatible_maps(pins);
-            let mut ebpf = ebpf::load_pinned(pins)?;
-            let mut unavailable = Vec::new();
-            for spec in &RECEIVER {
-                match programs::load(&mut ebpf, spec) {
-                    Ok(()) => {}
-                    // An optional program is an extra (getpeername()/accept()
-                    // work without it): degrade and say so, as `toa doctor` does.
-                    Err(e) if spec.optional => {
-                        tracing::warn!(program = spec.name, error = %e, "this kernel cannot {}; running without it", spec.role);
-                        unavailable.push(spec.name);
+        let lock = InstanceLock::acquire(&pins)?;
+        let had: Vec<&str> = PINNED_MAPS.into_iter().filter(|m| pins.map(m).exists()).collect();
+        let started = Agent::start_locked(config, &pins, scopes);
+        let mut agent = match started {
+            Ok(agent) => agent,
+            Err(e) => {
+                if created_root {
+                    remove_toa_pins(&pins);
+                } else {
+                    // Pins of an earlier agent stay as they were; the maps this call pinned go.
+                    for map in PINNED_MAPS.into_iter().filter(|m| !had.contains(m)) {
+                        let _ = fs::remove_file(pins.map(map));
                     }
-                    Err(e) => return Err(e),
+                    for dir in [pins.maps(), pins.links()] {
+                        let _ = fs::remove_dir(dir);
+                    }
                 }
+                return Err(e);
             }
-            let mut agent = Agent {
-                links: BTreeMap::new(),
-                ebpf,
-                config: config.clone(),
-                scopes: Vec::new(),
-                unavailable,
-                _lock: lock,
-            };
-            agent.links = existing_link_pins(pins);
-            agent.apply_with(config, scopes)?;
-            Ok(agent)
-        })();
-        if started.is_err() && created_root {
-            remove_all_pins(pins);
-        }
-        let agent = started?;
+        };
+        agent._lock = Some(lock);
         if config.trusted.is_empty() {
             tracing::warn!(
                 "no trusted forwarders configured: options from any sender are honoured (set `trusted` to the forwarders' prefixes)"
@@ -189,10 +184,72 @@ impl Agent {
         Ok(agent)
     }
 
+    fn start_locked(config: &AgentConfig, pins: &PinDir, scopes: Vec<Scope>) -> Result<Agent> {
+        let kernel = KernelPrograms::read();
+        let inventory = Inventory::read(pins, &kernel);
+        if let Some(Foreign { path, why }) = inventory.impostors.first() {
+            return Err(Error::ForeignPin { path: path.clone(), why: why.clone() });
+        }
+        let wanted = wanted_links(config, &scopes, &[]);
+        if let Some(f) = inventory
+            .foreign
+            .iter()
+            .find(|f| f.path.parent() == Some(&pins.links()) && wanted.contains(&file_name(&f.path)))
+        {
+            return Err(Error::ForeignPin { path: f.path.clone(), why: f.why.clone() });
+        }
+        for f in &inventory.foreign {
+            tracing::warn!(pin = %f.path.display(), "leaving what is not toa's: {}", f.why);
+        }
+        for (name, path, verdict) in &inventory.maps {
+            if let MapVerdict::Earlier(what) = verdict {
+                tracing::warn!(map = name, pin = %path.display(), "replacing {what}");
+                fs::remove_file(path).map_err(Error::io("removing", path))?;
+            }
+        }
+        for dir in [pins.maps(), pins.links()] {
+            fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+        }
+        let mut ebpf = ebpf::load_pinned(pins)?;
+        let mut unavailable = Vec::new();
+        for spec in &RECEIVER {
+            match programs::load(&mut ebpf, spec) {
+                Ok(()) => {}
+                // An optional program is an extra (getpeername()/accept()
+                // work without it): degrade and say so, as `toa doctor` does.
+                Err(e) if spec.optional => {
+                    tracing::warn!(program = spec.name, error = %e, "this kernel cannot {}; running without it", spec.role);
+                    unavailable.push(spec.name);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut links = BTreeMap::new();
+        for link in inventory.links {
+            match PinnedLink::from_pin(&link.path) {
+                Ok(pinned) => {
+                    links.insert(link.name, pinned);
+                }
+                Err(e) => tracing::warn!(pin = %link.path.display(), error = %e, "ignoring an unreadable link pin"),
+            }
+        }
+        let mut agent = Agent {
+            links,
+            ebpf,
+            config: config.clone(),
+            pins: pins.clone(),
+            scopes: Vec::new(),
+            unavailable,
+            _lock: None,
+        };
+        agent.apply_with(config, scopes)?;
+        Ok(agent)
+    }
+
     /// Re-applies a (changed) configuration: settings maps first, then links;
     /// links no longer wanted are detached. The pin directory cannot change.
     pub fn apply(&mut self, config: &AgentConfig) -> Result<()> {
-        if config.pins.root() != self.config.pins.root() {
+        if config.pins != self.pins {
             return Err(Error::Invalid("pin_dir cannot change while the agent runs; restart it".into()));
         }
         let scopes = resolve_scopes(&config.cgroups)?;
@@ -201,7 +258,6 @@ impl Agent {
 
     fn apply_with(&mut self, config: &AgentConfig, scopes: Vec<Scope>) -> Result<()> {
         write_settings(&mut self.ebpf, config)?;
-        let pins = config.pins.clone();
         // Attach every wanted link first; dropping them on error detaches them.
         let mut fresh = Vec::new();
         for scope in &scopes {
@@ -213,7 +269,7 @@ impl Agent {
         }
         // Then swap pins: the old link of the same name goes after the new one is in place.
         for (name, link) in fresh {
-            let path = pins.links().join(&name);
+            let path = self.pins.links().join(&name);
             if let Some(old) = self.links.remove(&name) {
                 let _ = old.unpin();
             } else if path.exists() {
@@ -223,8 +279,7 @@ impl Agent {
             self.links.insert(name, pinned);
         }
         // Finally drop links that are no longer wanted.
-        let wanted: Vec<String> =
-            scopes.iter().flat_map(|scope| config.programs().map(move |spec| link_name(spec, scope))).collect();
+        let wanted = wanted_links(config, &scopes, &self.unavailable);
         let stale: Vec<String> = self.links.keys().filter(|k| !wanted.contains(k)).cloned().collect();
         for name in stale {
             if let Some(link) = self.links.remove(&name) {
@@ -271,50 +326,97 @@ impl Agent {
         self.stop()
     }
 
-    /// Stops: detaches every program and removes every pin, unless the
+    /// The pin directory (canonical).
+    pub fn pins(&self) -> &PinDir {
+        &self.pins
+    }
+
+    /// Stops: detaches every program and removes toa's pins, unless the
     /// configuration says to persist (then everything stays attached and
     /// pinned for the next agent).
     pub fn stop(self) -> Result<()> {
-        let Agent { links, ebpf, config, .. } = self;
+        let Agent { links, ebpf, config, pins, _lock, .. } = self;
         if config.persist {
             drop(links);
             drop(ebpf);
-            tracing::info!(pins = %config.pins.root().display(), "agent stopped; programs stay attached (persist = true)");
+            tracing::info!(pins = %pins.root().display(), "agent stopped; programs stay attached (persist = true)");
             return Ok(());
         }
         let mut first_error = None;
         for (name, link) in links {
             if let Err(e) = link.unpin() {
                 tracing::warn!(link = %name, error = %e, "could not unpin link");
-                first_error.get_or_insert(Error::io("unpinning", config.pins.links().join(&name))(e));
+                first_error.get_or_insert(Error::io("unpinning", pins.links().join(&name))(e));
             }
         }
         drop(ebpf);
-        remove_all_pins(&config.pins);
+        for f in remove_toa_pins(&pins).left {
+            tracing::info!(pin = %f.path.display(), "left what is not toa's: {}", f.why);
+        }
         tracing::info!("agent stopped; programs detached");
+        drop(_lock);
         first_error.map_or(Ok(()), Err)
     }
 }
 
-/// Removes every link and map pin of a pin directory (detaching the
-/// programs), then the directory. Refuses while an agent runs there.
-pub fn detach(pins: &PinDir) -> Result<usize> {
+/// What `toa detach` did.
+#[derive(Debug, Default)]
+pub struct Detached {
+    /// Links removed (so detached).
+    pub links: usize,
+    /// Maps unpinned.
+    pub maps: usize,
+    /// Pins that are not toa's, left where they are.
+    pub left: Vec<Foreign>,
+}
+
+/// Removes toa's links and maps from a pin directory (detaching the
+/// programs), then the directory if nothing else is in it; what is not
+/// toa's stays and is listed. Refuses while an agent runs there.
+pub fn detach(pins: &PinDir) -> Result<Detached> {
     system::require_root()?;
     if !pins.root().exists() {
-        return Ok(0);
+        return Ok(Detached::default());
     }
-    // Held while removing, so that no agent starts on the directory meanwhile.
     let _lock = InstanceLock::acquire(pins).map_err(|e| match e {
         Error::AlreadyRunning { holder, pins } => Error::AgentRunning { holder, pins },
         other => other,
     })?;
-    let links = existing_link_pins(pins);
-    let n = links.len();
-    for (_, link) in links {
-        let _ = link.unpin();
+    Ok(remove_toa_pins(pins))
+}
+
+/// Removes toa's pins (links first), then the directories that are empty.
+fn remove_toa_pins(pins: &PinDir) -> Detached {
+    let inventory = Inventory::read(pins, &KernelPrograms::read());
+    let mut done = Detached { left: inventory.not_toas().into_iter().cloned().collect(), ..Detached::default() };
+    for link in &inventory.links {
+        if fs::remove_file(&link.path).is_ok() {
+            done.links += 1;
+        }
     }
-    remove_all_pins(pins);
-    Ok(n)
+    for (_, path, _) in &inventory.maps {
+        if fs::remove_file(path).is_ok() {
+            done.maps += 1;
+        }
+    }
+    for dir in [pins.maps(), pins.links(), pins.root().to_path_buf()] {
+        let _ = fs::remove_dir(dir);
+    }
+    done
+}
+
+/// The link names a configuration wants.
+fn wanted_links(config: &AgentConfig, scopes: &[Scope], unavailable: &[&str]) -> Vec<String> {
+    scopes
+        .iter()
+        .flat_map(|scope| {
+            config.programs().filter(|s| !unavailable.contains(&s.name)).map(move |spec| link_name(spec, scope))
+        })
+        .collect()
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn resolve_scopes(cgroups: &[PathBuf]) -> Result<Vec<Scope>> {
@@ -335,38 +437,6 @@ fn resolve_scopes(cgroups: &[PathBuf]) -> Result<Vec<Scope>> {
 
 fn link_name(spec: &ProgramSpec, scope: &Scope) -> String {
     format!("{}@{}", spec.name, scope.id)
-}
-
-/// The link pins present in the pin directory (left by an earlier agent).
-fn existing_link_pins(pins: &PinDir) -> BTreeMap<String, PinnedLink> {
-    let mut found = BTreeMap::new();
-    let Ok(entries) = fs::read_dir(pins.links()) else { return found };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        match PinnedLink::from_pin(entry.path()) {
-            Ok(link) => {
-                found.insert(name, link);
-            }
-            Err(e) => tracing::warn!(pin = %entry.path().display(), error = %e, "ignoring an unreadable link pin"),
-        }
-    }
-    found
-}
-
-/// Removes pinned maps whose shape does not match this version's (they would
-/// fail to load); stored addresses in an incompatible map are lost.
-fn drop_incompatible_maps(pins: &PinDir) {
-    for name in ebpf::PINNED_MAPS {
-        let path = pins.map(name);
-        if !path.exists() {
-            continue;
-        }
-        let shape = aya::maps::MapInfo::from_pin(&path).map(|i| (i.key_size(), i.value_size(), i.max_entries()));
-        if shape.ok() != ebpf::expected_shape(name) {
-            tracing::warn!(map = name, "replacing a pinned map from an incompatible version");
-            let _ = fs::remove_file(&path);
-        }
-    }
 }
 
 fn write_settings(ebpf: &mut Ebpf, config: &AgentConfig) -> Result<()> {
@@ -405,19 +475,4 @@ fn write_settings(ebpf: &mut Ebpf, config: &AgentConfig) -> Result<()> {
     let map = ebpf.map_mut(maps::CONFIG).ok_or(Error::MissingMap(maps::CONFIG))?;
     let mut settings: Array<_, ReceiverConfig> = Array::try_from(map).map_err(map_err(maps::CONFIG))?;
     settings.set(0, config.receiver_config(), 0).map_err(map_err(maps::CONFIG))
-}
-
-/// Removes the pin directory's contents we create, then the directory.
-fn remove_all_pins(pins: &PinDir) {
-    if let Ok(entries) = fs::read_dir(pins.links()) {
-        for entry in entries.flatten() {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-    for name in ebpf::PINNED_MAPS {
-        let _ = fs::remove_file(pins.map(name));
-    }
-    for dir in [pins.maps(), pins.links(), pins.root().to_path_buf()] {
-        let _ = fs::remove_dir(dir);
-    }
 }

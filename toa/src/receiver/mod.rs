@@ -4,4 +4,5 @@
 pub mod agent;
 pub(crate) mod ebpf;
 pub(crate) mod lock;
+pub mod pins;
 pub mod programs;

@@ -3,7 +3,7 @@
 use std::{
     ffi::CString,
     fs,
-    os::unix::ffi::OsStrExt,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -76,6 +76,25 @@ fn cgroup2_root_in(mounts: &str) -> Option<PathBuf> {
         let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
         (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(dir)))
     })
+}
+
+/// The cgroup directory with id (inode) `id` under `root`, searched breadth-first.
+pub fn find_cgroup(root: &Path, id: u64) -> Option<PathBuf> {
+    let mut queue = vec![root.to_path_buf()];
+    let mut seen = 0;
+    while let Some(dir) = queue.pop() {
+        seen += 1;
+        if seen > 100_000 {
+            return None;
+        }
+        if fs::metadata(&dir).map(|m| m.ino()).ok() == Some(id) {
+            return Some(dir);
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            queue.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        }
+    }
+    None
 }
 
 /// /proc/mounts escapes space, tab, newline and backslash as octal.
