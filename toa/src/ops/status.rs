@@ -84,6 +84,7 @@ impl Status {
         let mut links: Vec<LinkStatus> = inventory
             .links
             .iter()
+            .filter(|l| !l.pending())
             .map(|l| LinkStatus {
                 program: l.spec.name.to_string(),
                 hook: l.spec.hook.attach_type().to_string(),

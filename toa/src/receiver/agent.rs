@@ -1,15 +1,22 @@
 //! The receiver: load, configure, attach and pin; re-apply on reload; detach
 //! on a clean stop unless asked to persist.
 //!
-//! Links are pinned as `links/<program>@<cgroup id>`. Applying a
-//! configuration attaches the new links first and only then replaces the
-//! pins, so the hooks never go empty and nothing is attached twice for long.
-//! Pins no longer wanted are removed, which detaches them.
+//! A configuration comes into force all at once or not at all. It is
+//! checked first (limits, cgroups); then its
+//! settings are written into the spare slot of every settings map (see
+//! [`settings`]), the links it adds are attached and pinned under pending
+//! names, and one word switches the programs to the new slot. Only then do
+//! the new links take their names (`links/<program>@<cgroup id>`, a rename
+//! that replaces the pin of an older link) and the links no longer wanted
+//! go. A failure before the switch undoes what this configuration added
+//! and leaves the one in force as it was; at no moment is a hook empty or
+//! a program attached twice for longer than the switch.
 //!
 //! At start the pin directory of a previous agent is adopted: its maps (so
 //! no stored address is lost) and its links (replaced by this agent's).
-//! Pins that are not toa's are left alone, and a map that is not toa's under
-//! a toa map's name is refused.
+//! Settings maps of the earlier single-slot layout are replaced; pins that
+//! are not toa's are left alone, and a map that is not toa's under a toa
+//! map's name is refused.
 
 use std::{
     collections::BTreeMap,
@@ -18,16 +25,12 @@ use std::{
     path::PathBuf,
 };
 
-use aya::{
-    Ebpf,
-    maps::{Array, LpmTrie, MapData, lpm_trie::Key},
-    programs::links::PinnedLink,
-};
+use aya::{Ebpf, programs::links::PinnedLink};
 use toa_common::{
     Format, Formats,
-    config::{CAPTURE_DATA, CAPTURE_SYN, PORT_FILTER, PortSet, ReceiverConfig, TRUST_ALL},
+    config::{CAPTURE_DATA, CAPTURE_SYN, PORT_FILTER, PortSet, ReceiverConfig, TRUST_ALL, other_slot},
     format::DEFAULT_FORMATS,
-    maps,
+    trust::MAX_TRUSTED,
 };
 
 use crate::{
@@ -36,8 +39,9 @@ use crate::{
     receiver::{
         ebpf,
         lock::InstanceLock,
-        pins::{Foreign, Inventory, MapVerdict, PINNED_MAPS},
+        pins::{Foreign, Inventory, MapVerdict, PENDING, PINNED_MAPS},
         programs::{self, KernelPrograms, ProgramSpec, RECEIVER},
+        settings::{self, Values},
     },
     sys::{host as system, paths::PinDir},
 };
@@ -93,6 +97,29 @@ impl AgentConfig {
         RECEIVER.iter().filter(|spec| spec.hook != programs::Hook::GetSockopt || self.getsockopt)
     }
 
+    /// Checks what the programs have room for, before anything is attached
+    /// or written.
+    pub fn check(&self) -> Result<()> {
+        if self.trusted.len() > MAX_TRUSTED as usize {
+            return Err(Error::TooMany {
+                key: "trusted",
+                what: "prefixes",
+                count: self.trusted.len(),
+                max: MAX_TRUSTED as usize,
+            });
+        }
+        Ok(())
+    }
+
+    /// The settings as the programs read them.
+    fn values(&self) -> Values {
+        let mut ports = PortSet::EMPTY;
+        for p in &self.ports {
+            ports.insert(*p);
+        }
+        Values { config: self.receiver_config(), ports, trusted: self.trusted.clone() }
+    }
+
     fn receiver_config(&self) -> ReceiverConfig {
         let formats = Formats::from_list(if self.formats.is_empty() { &DEFAULT_FORMATS } else { &self.formats });
         let mut flags = 0;
@@ -108,7 +135,7 @@ impl AgentConfig {
         if !self.ports.is_empty() {
             flags |= PORT_FILTER;
         }
-        ReceiverConfig { formats, flags, _pad: 0 }
+        ReceiverConfig { formats, flags, slot: 0 }
     }
 }
 
@@ -121,10 +148,16 @@ pub struct Scope {
     pub id: u64,
 }
 
+/// One of the agent's links: pinned, and the program it attaches.
+struct Held {
+    link: PinnedLink,
+    prog_id: u32,
+}
+
 /// A running receiver: programs attached and pinned.
 pub struct Agent {
     // Field order is drop order: links go before the maps' owner.
-    links: BTreeMap<String, PinnedLink>,
+    links: BTreeMap<String, Held>,
     ebpf: Ebpf,
     config: AgentConfig,
     pins: PinDir,
@@ -138,12 +171,13 @@ impl Agent {
     /// Checks the system and the configuration, then loads, configures,
     /// attaches and pins the receiver.
     ///
-    /// Everything that can be refused (cgroups, another agent on the pin
-    /// directory, a pin that is not toa's) is refused before anything is
+    /// Everything that can be refused (limits, cgroups, another agent on the
+    /// pin directory, a pin that is not toa's) is refused before anything is
     /// attached. On a later error nothing of this call stays attached, and
     /// pins it created are removed.
     pub fn start(config: &AgentConfig) -> Result<Agent> {
         system::require_root()?;
+        config.check()?;
         let scopes = resolve_scopes(&config.cgroups)?;
         system::require_btf()?;
         let pins = config.pins.clone();
@@ -228,7 +262,7 @@ impl Agent {
         for link in inventory.links {
             match PinnedLink::from_pin(&link.path) {
                 Ok(pinned) => {
-                    links.insert(link.name, pinned);
+                    links.insert(link.name, Held { link: pinned, prog_id: link.info.prog_id });
                 }
                 Err(e) => tracing::warn!(pin = %link.path.display(), error = %e, "ignoring an unreadable link pin"),
             }
@@ -246,45 +280,48 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Re-applies a (changed) configuration: settings maps first, then links;
-    /// links no longer wanted are detached. The pin directory cannot change.
+    /// Re-applies a (changed) configuration, all or nothing: on error the
+    /// configuration in force stays exactly as it was. The pin directory
+    /// cannot change.
     pub fn apply(&mut self, config: &AgentConfig) -> Result<()> {
         if config.pins != self.pins {
             return Err(Error::Invalid("pin_dir cannot change while the agent runs; restart it".into()));
         }
+        config.check()?;
         let scopes = resolve_scopes(&config.cgroups)?;
         self.apply_with(config, scopes)
     }
 
     fn apply_with(&mut self, config: &AgentConfig, scopes: Vec<Scope>) -> Result<()> {
-        write_settings(&mut self.ebpf, config)?;
-        // Attach every wanted link first; dropping them on error detaches them.
-        let mut fresh = Vec::new();
-        for scope in &scopes {
-            let dir = File::open(&scope.path).map_err(Error::io("opening", &scope.path))?;
-            for spec in config.programs().filter(|s| !self.unavailable.contains(&s.name)) {
-                let link = programs::attach_link(&mut self.ebpf, spec, &dir)?;
-                fresh.push((link_name(spec, scope), link));
-            }
+        let spare = other_slot(settings::active(&mut self.ebpf)?);
+        // 1. The settings, beside the ones in force.
+        if let Err(e) = settings::write(&mut self.ebpf, spare, &config.values()) {
+            self.clear_spare(spare);
+            return Err(e);
         }
-        // Then swap pins: the old link of the same name goes after the new one is in place.
-        for (name, link) in fresh {
-            let path = self.pins.links().join(&name);
-            if let Some(old) = self.links.remove(&name) {
-                let _ = old.unpin();
-            } else if path.exists() {
-                fs::remove_file(&path).map_err(Error::io("replacing stale pin", &path))?;
+        // 2. The links this configuration adds, attached and pinned under
+        //    pending names. Dropping `staged` on error detaches them.
+        let staged = match self.stage_links(config, &scopes) {
+            Ok(staged) => staged,
+            Err(e) => {
+                self.clear_spare(spare);
+                return Err(e);
             }
-            let pinned = link.pin(&path)?;
-            self.links.insert(name, pinned);
+        };
+        // 3. The switch.
+        if let Err(e) = settings::activate(&mut self.ebpf, spare) {
+            drop(staged);
+            self.clear_spare(spare);
+            return Err(e);
         }
-        // Finally drop links that are no longer wanted.
+        // 4. The new links take their names; links no longer wanted go.
+        self.commit_links(staged);
         let wanted = wanted_links(config, &scopes, &self.unavailable);
         let stale: Vec<String> = self.links.keys().filter(|k| !wanted.contains(k)).cloned().collect();
         for name in stale {
-            if let Some(link) = self.links.remove(&name) {
+            if let Some(held) = self.links.remove(&name) {
                 tracing::info!(link = %name, "detaching a link no longer configured");
-                let _ = link.unpin();
+                let _ = held.link.unpin();
             }
         }
         self.config = config.clone();
@@ -307,15 +344,87 @@ impl Agent {
         &mut self.ebpf
     }
 
+    /// Empties the spare slot after a failed apply (it is not in force).
+    fn clear_spare(&mut self, spare: u32) {
+        if let Err(e) = settings::clear(&mut self.ebpf, spare) {
+            tracing::warn!(error = %e, slot = spare, "could not empty the spare settings slot (not in force)");
+        }
+    }
+
+    /// The id of the loaded program `spec`.
+    fn prog_id(&self, spec: &ProgramSpec) -> Result<u32> {
+        let program = self.ebpf.program(spec.name).ok_or(Error::MissingProgram(spec.name))?;
+        Ok(program.info().map_err(|source| Error::Program { name: spec.name, source })?.id())
+    }
+
+    /// Attaches and pins (under a pending name) every wanted link that is
+    /// not already one of this agent's program on that cgroup.
+    fn stage_links(&mut self, config: &AgentConfig, scopes: &[Scope]) -> Result<Staged> {
+        let mut staged = Staged { links: Vec::new() };
+        for scope in scopes {
+            let dir = File::open(&scope.path).map_err(Error::io("opening", &scope.path))?;
+            for spec in config.programs().filter(|s| !self.unavailable.contains(&s.name)) {
+                let name = link_name(spec, scope);
+                let prog_id = self.prog_id(spec)?;
+                if self.links.get(&name).is_some_and(|held| held.prog_id == prog_id) {
+                    continue;
+                }
+                let link = programs::attach_link(&mut self.ebpf, spec, &dir).map_err(|e| Error::Attach {
+                    name: spec.name,
+                    cgroup: scope.path.clone(),
+                    source: Box::new(e),
+                })?;
+                let pending = self.pins.links().join(format!("{name}{PENDING}"));
+                if let Some(old) = self.links.remove(&format!("{name}{PENDING}")) {
+                    // Left by an agent killed while applying: ours, replaced now.
+                    let _ = old.link.unpin();
+                } else if pending.exists() {
+                    fs::remove_file(&pending).map_err(Error::io("replacing a stale pin", &pending))?;
+                }
+                let link = link.pin(&pending)?;
+                staged.links.push((name, pending, link, prog_id));
+            }
+        }
+        Ok(staged)
+    }
+
+    /// Gives staged links their names, replacing (and so detaching) the
+    /// links held under those names before.
+    fn commit_links(&mut self, mut staged: Staged) {
+        for (name, pending, link, prog_id) in std::mem::take(&mut staged.links) {
+            let path = self.pins.links().join(&name);
+            match fs::rename(&pending, &path) {
+                Ok(()) => {
+                    drop(link);
+                    match PinnedLink::from_pin(&path) {
+                        Ok(pinned) => {
+                            // The old link of that name lost its pin to the
+                            // rename; dropping its descriptor detaches it.
+                            self.links.insert(name, Held { link: pinned, prog_id });
+                        }
+                        Err(e) => tracing::error!(pin = %path.display(), error = %e, "cannot reopen a pinned link"),
+                    }
+                }
+                Err(e) => {
+                    // In force, but under its pending name: keep both until
+                    // the next apply or stop.
+                    tracing::error!(pin = %pending.display(), error = %e, "cannot rename a pinned link");
+                    self.links.insert(format!("{name}{PENDING}"), Held { link, prog_id });
+                }
+            }
+        }
+    }
+
     /// The attached programs.
     pub fn programs(&self) -> impl Iterator<Item = &'static ProgramSpec> + '_ {
         self.config.programs().filter(|s| !self.unavailable.contains(&s.name))
     }
 
     /// The checks a start makes before touching anything: privileges and the
-    /// configured cgroups (so a caller can refuse early, with the same error).
+    /// configured limits and cgroups (so a caller can refuse early, with the same error).
     pub fn preflight(config: &AgentConfig) -> Result<()> {
         system::require_root()?;
+        config.check()?;
         resolve_scopes(&config.cgroups).map(drop)
     }
 
@@ -343,8 +452,8 @@ impl Agent {
             return Ok(());
         }
         let mut first_error = None;
-        for (name, link) in links {
-            if let Err(e) = link.unpin() {
+        for (name, held) in links {
+            if let Err(e) = held.link.unpin() {
                 tracing::warn!(link = %name, error = %e, "could not unpin link");
                 first_error.get_or_insert(Error::io("unpinning", pins.links().join(&name))(e));
             }
@@ -356,6 +465,20 @@ impl Agent {
         tracing::info!("agent stopped; programs detached");
         drop(_lock);
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Links attached and pinned under pending names, not in force yet; dropped
+/// unused, they are unpinned and so detached.
+struct Staged {
+    links: Vec<(String, PathBuf, PinnedLink, u32)>,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (_, _, link, _) in self.links.drain(..) {
+            let _ = link.unpin();
+        }
     }
 }
 
@@ -390,7 +513,7 @@ fn remove_toa_pins(pins: &PinDir) -> Detached {
     let inventory = Inventory::read(pins, &KernelPrograms::read());
     let mut done = Detached { left: inventory.not_toas().into_iter().cloned().collect(), ..Detached::default() };
     for link in &inventory.links {
-        if fs::remove_file(&link.path).is_ok() {
+        if fs::remove_file(&link.path).is_ok() && !link.pending() {
             done.links += 1;
         }
     }
@@ -437,42 +560,4 @@ fn resolve_scopes(cgroups: &[PathBuf]) -> Result<Vec<Scope>> {
 
 fn link_name(spec: &ProgramSpec, scope: &Scope) -> String {
     format!("{}@{}", spec.name, scope.id)
-}
-
-fn write_settings(ebpf: &mut Ebpf, config: &AgentConfig) -> Result<()> {
-    let map_err = |name| move |source| Error::Map { name, source };
-    // Trusted prefixes and ports first, the flags that enable them last.
-    {
-        let map = ebpf.map_mut(maps::TRUSTED).ok_or(Error::MissingMap(maps::TRUSTED))?;
-        let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(map).map_err(map_err(maps::TRUSTED))?;
-        let wanted: Vec<(u32, [u8; 16])> = config
-            .trusted
-            .iter()
-            .map(|p| {
-                let (k, l) = p.trie_key();
-                (l, k)
-            })
-            .collect();
-        let present: Vec<Key<[u8; 16]>> = trie.keys().filter_map(|k| k.ok()).collect();
-        for (len, data) in &wanted {
-            trie.insert(&Key::new(*len, *data), 1, 0).map_err(map_err(maps::TRUSTED))?;
-        }
-        for key in present {
-            if !wanted.contains(&(key.prefix_len(), key.data())) {
-                trie.remove(&key).map_err(map_err(maps::TRUSTED))?;
-            }
-        }
-    }
-    {
-        let mut set = PortSet::EMPTY;
-        for p in &config.ports {
-            set.insert(*p);
-        }
-        let map = ebpf.map_mut(maps::PORTS).ok_or(Error::MissingMap(maps::PORTS))?;
-        let mut ports: Array<_, PortSet> = Array::try_from(map).map_err(map_err(maps::PORTS))?;
-        ports.set(0, set, 0).map_err(map_err(maps::PORTS))?;
-    }
-    let map = ebpf.map_mut(maps::CONFIG).ok_or(Error::MissingMap(maps::CONFIG))?;
-    let mut settings: Array<_, ReceiverConfig> = Array::try_from(map).map_err(map_err(maps::CONFIG))?;
-    settings.set(0, config.receiver_config(), 0).map_err(map_err(maps::CONFIG))
 }

@@ -6,3 +6,4 @@ pub(crate) mod ebpf;
 pub(crate) mod lock;
 pub mod pins;
 pub mod programs;
+pub(crate) mod settings;

@@ -16,10 +16,10 @@ use std::{
 
 use toa_common::{
     PeerRecord,
-    config::{PortSet, ReceiverConfig},
+    config::{PortSet, ReceiverConfig, SLOTS},
     counters::COUNTER_COUNT,
     maps,
-    trust::TrustKey,
+    trust::{TRUST_ENTRIES, TrustKey},
 };
 
 use crate::{
@@ -31,7 +31,13 @@ use crate::{
 };
 
 /// Maps shared between the agent's programs and its readers, pinned by name.
-pub const PINNED_MAPS: [&str; 5] = [maps::PEERS, maps::COUNTERS, maps::CONFIG, maps::TRUSTED, maps::PORTS];
+pub const PINNED_MAPS: [&str; 6] =
+    [maps::PEERS, maps::COUNTERS, maps::ACTIVE, maps::CONFIG, maps::TRUSTED, maps::PORTS];
+
+/// Suffix of a link pinned while a configuration is being applied, before
+/// it takes its name (a rename, once the configuration is in force). Not a
+/// dot: bpffs refuses names with one.
+pub const PENDING: &str = "-pending";
 
 /// Type and shape of a map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,17 +93,22 @@ pub fn current(name: &str) -> Option<Layout> {
     Some(match name {
         maps::PEERS => Layout::new(SK_STORAGE, 4, size(size_of::<PeerRecord>()), 0),
         maps::COUNTERS => Layout::new(PERCPU_ARRAY, 4, 8, COUNTER_COUNT),
-        maps::CONFIG => Layout::new(ARRAY, 4, size(size_of::<ReceiverConfig>()), 1),
-        maps::TRUSTED => Layout::new(LPM_TRIE, size(4 + size_of::<TrustKey>()), 1, 4096),
-        maps::PORTS => Layout::new(ARRAY, 4, size(size_of::<PortSet>()), 1),
+        maps::ACTIVE => Layout::new(ARRAY, 4, 4, 1),
+        maps::CONFIG => Layout::new(ARRAY, 4, size(size_of::<ReceiverConfig>()), SLOTS),
+        maps::TRUSTED => Layout::new(LPM_TRIE, size(4 + size_of::<TrustKey>()), 1, TRUST_ENTRIES),
+        maps::PORTS => Layout::new(ARRAY, 4, size(size_of::<PortSet>()), SLOTS),
         _ => return None,
     })
 }
 
 /// Layouts earlier toa versions pinned under `name`, and what they were.
 fn earlier(name: &str) -> Vec<(Layout, &'static str)> {
-    use map_type::PERCPU_ARRAY;
+    use map_type::{ARRAY, LPM_TRIE, PERCPU_ARRAY};
+    const ONE_SLOT: &str = "the single-slot layout of an earlier toa";
     match name {
+        maps::CONFIG => vec![(Layout::new(ARRAY, 4, size(size_of::<ReceiverConfig>()), 1), ONE_SLOT)],
+        maps::TRUSTED => vec![(Layout::new(LPM_TRIE, 4 + 16, 1, 4096), ONE_SLOT)],
+        maps::PORTS => vec![(Layout::new(ARRAY, 4, size(size_of::<PortSet>()), 1), ONE_SLOT)],
         maps::COUNTERS => vec![(
             Layout { map_type: PERCPU_ARRAY, key: 4, value: 8, entries: None },
             "the counters of an earlier toa (another number of counters)",
@@ -148,7 +159,7 @@ pub(crate) fn judge_map(path: &Path, name: &str) -> MapVerdict {
 pub struct LinkPin {
     /// The pin.
     pub path: PathBuf,
-    /// Its file name (`<program>@<cgroup id>`).
+    /// Its file name (`<program>@<cgroup id>`, or that and [`PENDING`]).
     pub name: String,
     /// The program it attaches.
     pub spec: &'static ProgramSpec,
@@ -156,9 +167,16 @@ pub struct LinkPin {
     pub info: LinkInfo,
 }
 
+impl LinkPin {
+    /// Whether the pin is a link of a configuration that never came into force.
+    pub fn pending(&self) -> bool {
+        self.name.ends_with(PENDING)
+    }
+}
+
 /// The program and cgroup id a link pin's name gives.
 pub fn parse_link_name(name: &str) -> Option<(&'static ProgramSpec, u64)> {
-    let (program, id) = name.split_once('@')?;
+    let (program, id) = name.strip_suffix(PENDING).unwrap_or(name).split_once('@')?;
     Some((programs::receiver(program)?, id.parse().ok()?))
 }
 
@@ -324,19 +342,24 @@ mod tests {
     fn link_names_give_the_program_and_the_cgroup() {
         let (spec, id) = parse_link_name("toa_capture@4242").expect("a toa link name");
         assert_eq!((spec.name, id), ("toa_capture", 4242));
-        for bad in ["toa_inject@1", "toa_capture", "toa_capture@x", "other@1", "toa_capture@1-new"] {
+        let (spec, _) = parse_link_name("toa_getpeername6@7-pending").expect("pending");
+        assert_eq!(spec.name, "toa_getpeername6");
+        for bad in ["toa_inject@1", "toa_capture", "toa_capture@x", "other@1", "toa_capture@1.new"] {
             assert!(parse_link_name(bad).is_none(), "{bad}");
         }
     }
 
     #[test]
-    fn every_pinned_map_has_a_layout() {
+    fn every_pinned_map_has_a_layout_and_the_settings_maps_an_earlier_one() {
         for name in PINNED_MAPS {
             let now = current(name).expect("a layout");
             for (old, _) in earlier(name) {
                 assert_ne!(Some(old), Some(now), "{name}: an earlier layout equal to the current one");
             }
         }
-        assert_eq!(current(maps::TRUSTED).map(|l| l.key), Some(20));
+        for name in [maps::CONFIG, maps::TRUSTED, maps::PORTS] {
+            assert_eq!(earlier(name).len(), 1, "{name}");
+        }
+        assert_eq!(current(maps::TRUSTED).map(|l| l.key), Some(21));
     }
 }
