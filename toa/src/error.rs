@@ -85,6 +85,9 @@ pub enum Error {
         /// What it is instead.
         why: String,
     },
+    /// Another toa instance's programs are attached to a cgroup this one would act on.
+    #[error("{0}")]
+    OtherInstance(String),
     /// No agent state is pinned where we looked.
     #[error("no toa agent is running ({path} does not exist); start one with `toa agent`")]
     NotRunning {
@@ -189,6 +192,7 @@ impl Error {
                 | Error::Config { .. }
                 | Error::TooMany { .. }
                 | Error::ForeignPin { .. }
+                | Error::OtherInstance(_)
         )
     }
 }

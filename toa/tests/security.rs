@@ -1,6 +1,6 @@
 //! The agent against a careless operator or an attacker: a reload is all or
-//! nothing, one agent per pin set however the directory is spelled, and
-//! `toa detach` removes only what toa created.
+//! nothing, one agent per pin set however the directory is spelled, one toa
+//! instance per cgroup, and `toa detach` removes only what toa created.
 
 mod common;
 
@@ -179,6 +179,12 @@ fn agent_args<'a>(cgroup: &'a str, pins: &'a str) -> Vec<&'a str> {
 fn sighup(agent: &Spawned) {
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(agent.pid(), libc::SIGHUP) };
+}
+
+fn kill9(agent: &mut Spawned) {
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(agent.pid(), libc::SIGKILL) };
+    agent.wait_exit(READY);
 }
 
 /// The ids of the toa programs bpftool lists as attached to a cgroup.
@@ -538,6 +544,100 @@ fn pin_dirs_whose_names_differ_only_in_slash_and_dash_are_two_agents() {
     assert_eq!((toa_ids(cg1.path()).len(), toa_ids(cg2.path()).len()), (4, 4));
     assert!(one.terminate().success() && two.terminate().success());
     assert!(!nested.exists() && !dashed.exists());
+}
+
+#[test]
+#[ignore = "needs root: BPF, cgroups"]
+fn a_second_instance_on_the_same_cgroup_is_refused_but_a_restart_on_the_same_pins_is_not() {
+    require_root();
+    let (cg, other) = (Cgroup::new("toa-sec"), Cgroup::new("toa-sec"));
+    let (p1, p2) = (unique_pins(), unique_pins());
+    let _guards = (PinsGuard(p1.clone()), PinsGuard(p2.clone()));
+    let (p1_s, p2_s) = (p1.to_string_lossy().into_owned(), p2.to_string_lossy().into_owned());
+    let cg_s = cg.path().to_string_lossy().into_owned();
+    let other_s = other.path().to_string_lossy().into_owned();
+    let mut first = spawn_agent(&agent_args(&cg_s, &p1_s));
+    let ids = toa_ids(cg.path());
+    assert_eq!(ids.len(), 4);
+    let refused = |out: &Output, what: &str| {
+        let lines = stderr_lines(out);
+        assert_eq!(out.status.code(), Some(2), "{what}: {lines:?}");
+        assert_eq!(lines.len(), 1, "{what}: {lines:?}");
+        assert!(lines[0].contains("another toa instance"), "{what}: {lines:?}");
+        assert!(lines[0].contains(&p1_s), "{what}: the other pin directory is named: {lines:?}");
+        assert!(lines[0].contains(&cg_s), "{what}: the cgroup is named: {lines:?}");
+    };
+    // A second agent with another pin directory, on the same cgroup (after
+    // one it may attach to): refused before anything is attached.
+    let out = refused_agent(&["--cgroup", &other_s, "--cgroup", &cg_s, "--pin-dir", &p2_s, "--metrics-listen", ""]);
+    refused(&out, "second agent");
+    assert_eq!(toa_ids(cg.path()), ids, "the first agent's programs only");
+    assert_eq!(attached_to(other.path()).trim(), "", "nothing attached to the other cgroup either");
+    assert!(!p2.exists(), "nothing pinned");
+
+    // The first agent killed: its programs stay and still belong to another instance.
+    kill9(&mut first);
+    refused(&refused_agent(&agent_args(&cg_s, &p2_s)), "after SIGKILL");
+    // Restarting on its own pin directory adopts them.
+    let mut again = spawn_agent(&agent_args(&cg_s, &p1_s));
+    assert_eq!(toa_ids(cg.path()).len(), 4, "replaced, not added to");
+
+    // A reload that would add the cgroup to a second instance is refused too.
+    let conf = TempDir::new();
+    let file = conf.0.join("toa.toml");
+    fs::write(&file, agent_toml(&p2, &[other.path()], &[])).expect("config");
+    let mut second = spawn_agent(&["--config", &file.to_string_lossy()]);
+    fs::write(&file, agent_toml(&p2, &[other.path(), cg.path()], &[])).expect("config");
+    sighup(&second);
+    let line = second.wait_for_line(Stream::Stderr, |l| l.contains("configuration not applied"), READY);
+    assert!(line.contains("another toa instance") && line.contains(&p1_s), "{line}");
+    assert_eq!(toa_ids(cg.path()).len(), 4);
+    assert!(second.terminate().success() && again.terminate().success());
+    assert_eq!(attached_to(cg.path()).trim(), "");
+}
+
+#[test]
+#[ignore = "needs root: BPF, cgroups"]
+fn doctor_names_programs_attached_twice_to_a_cgroup_toa_acts_on() {
+    require_root();
+    let cg = Cgroup::new("toa-sec");
+    let (p1, p2) = (unique_pins(), unique_pins());
+    let _guards = (PinsGuard(p1.clone()), PinsGuard(p2.clone()));
+    let (p1_s, p2_s) = (p1.to_string_lossy().into_owned(), p2.to_string_lossy().into_owned());
+    let cg_s = cg.path().to_string_lossy().into_owned();
+    let agent = spawn_agent(&agent_args(&cg_s, &p1_s));
+    // A second copy of the capture program on the same cgroup, pinned as an
+    // instance without the duplicate check would pin it.
+    let mut obj = aya::Ebpf::load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/toa"))).expect("the object");
+    let capture: &mut aya::programs::SockOps =
+        obj.program_mut("toa_capture").expect("toa_capture").try_into().expect("sock_ops");
+    capture.load().expect("loading toa_capture");
+    let link_id = capture
+        .attach(fs::File::open(cg.path()).expect("cgroup"), aya::programs::CgroupAttachMode::Single)
+        .expect("attaching a second toa_capture");
+    let link: aya::programs::links::FdLink = capture.take_link(link_id).expect("link").try_into().expect("fd link");
+    fs::create_dir_all(p2.join("links")).expect("pin directory");
+    let cg_id = fs::metadata(cg.path()).expect("cgroup").ino();
+    link.pin(p2.join(format!("links/toa_capture@{cg_id}"))).expect("pinning the second link");
+    drop(obj);
+    assert_eq!(attached_to(cg.path()).matches("toa_capture").count(), 2);
+
+    let out = toa(&["doctor", "--json"]);
+    let checks: Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+    let dup = checks
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|c| c["name"] == "toa instances" && c["detail"].as_str().is_some_and(|d| d.contains(&cg_s)))
+        .unwrap_or_else(|| panic!("no duplicate reported for {cg_s}: {checks:#}"));
+    assert_eq!(dup["verdict"], "fail", "{dup}");
+    let detail = dup["detail"].as_str().expect("detail");
+    assert!(detail.contains("toa_capture attached 2 times"), "{detail}");
+    assert!(detail.contains(&p1_s) && detail.contains(&p2_s), "both pin directories named: {detail}");
+    assert!(!out.status.success(), "a duplicate fails the doctor");
+    let text = String::from_utf8_lossy(&toa(&["doctor"]).stdout).into_owned();
+    assert!(text.lines().any(|l| l.starts_with("[FAIL] toa instances: ") && l.contains(&cg_s)), "{text}");
+    drop(agent);
 }
 
 /// `bpftool map create PATH ...` for a map that is not toa's.

@@ -2,7 +2,7 @@
 //! on a clean stop unless asked to persist.
 //!
 //! A configuration comes into force all at once or not at all. It is
-//! checked first (limits, cgroups); then its
+//! checked first (limits, cgroups, no other toa instance on them); then its
 //! settings are written into the spare slot of every settings map (see
 //! [`settings`]), the links it adds are attached and pinned under pending
 //! names, and one word switches the programs to the new slot. Only then do
@@ -19,7 +19,7 @@
 //! map's name is refused.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fs::{self, File},
     os::unix::fs::MetadataExt,
     path::PathBuf,
@@ -37,7 +37,7 @@ use crate::{
     Error, Result,
     config::{Config, Prefix},
     receiver::{
-        ebpf,
+        ebpf, instances,
         lock::InstanceLock,
         pins::{Foreign, Inventory, MapVerdict, PENDING, PINNED_MAPS},
         programs::{self, KernelPrograms, ProgramSpec, RECEIVER},
@@ -172,9 +172,9 @@ impl Agent {
     /// attaches and pins the receiver.
     ///
     /// Everything that can be refused (limits, cgroups, another agent on the
-    /// pin directory, a pin that is not toa's) is refused before anything is
-    /// attached. On a later error nothing of this call stays attached, and
-    /// pins it created are removed.
+    /// pin directory, another toa instance on a cgroup, a pin that is not
+    /// toa's) is refused before anything is attached. On a later error
+    /// nothing of this call stays attached, and pins it created are removed.
     pub fn start(config: &AgentConfig) -> Result<Agent> {
         system::require_root()?;
         config.check()?;
@@ -224,6 +224,8 @@ impl Agent {
         if let Some(Foreign { path, why }) = inventory.impostors.first() {
             return Err(Error::ForeignPin { path: path.clone(), why: why.clone() });
         }
+        let own: HashSet<u32> = inventory.links.iter().map(|l| l.info.prog_id).collect();
+        check_alone(&scopes, pins, &own, &kernel)?;
         let wanted = wanted_links(config, &scopes, &[]);
         if let Some(f) = inventory
             .foreign
@@ -289,6 +291,13 @@ impl Agent {
         }
         config.check()?;
         let scopes = resolve_scopes(&config.cgroups)?;
+        let mut own: HashSet<u32> = self.links.values().map(|h| h.prog_id).collect();
+        for spec in &RECEIVER {
+            if let Ok(id) = self.prog_id(spec) {
+                own.insert(id);
+            }
+        }
+        check_alone(&scopes, &self.pins, &own, &KernelPrograms::read())?;
         self.apply_with(config, scopes)
     }
 
@@ -480,6 +489,18 @@ impl Drop for Staged {
             let _ = link.unpin();
         }
     }
+}
+
+/// Refuses cgroups another toa instance's receiver programs are attached to.
+fn check_alone(scopes: &[Scope], pins: &PinDir, own: &HashSet<u32>, kernel: &KernelPrograms) -> Result<()> {
+    let found: Vec<instances::Found> =
+        instances::pinned_links(kernel, &[pins.root()]).into_iter().filter(|f| f.pin_dir != pins.root()).collect();
+    for scope in scopes {
+        if let Some(others) = instances::others_on(&scope.path, scope.id, own, kernel, &found)? {
+            return Err(Error::OtherInstance(others.refusal()));
+        }
+    }
+    Ok(())
 }
 
 /// What `toa detach` did.

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub(crate) mod ebpf;
+pub(crate) mod instances;
 pub(crate) mod lock;
 pub mod pins;
 pub mod programs;

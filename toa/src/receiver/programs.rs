@@ -61,6 +61,13 @@ impl Hook {
             Hook::GetSockopt => 25,
         }
     }
+
+    /// The hooks the receiver uses, each once.
+    pub fn receiver_hooks() -> Vec<Hook> {
+        let mut hooks: Vec<Hook> = RECEIVER.iter().map(|s| s.hook).collect();
+        hooks.dedup();
+        hooks
+    }
 }
 
 /// One row of the table.
@@ -162,6 +169,11 @@ impl KernelPrograms {
                 .is_some_and(|(name, ty)| name == kernel_name(spec.name) && *ty == spec.hook.prog_type_id()),
         )
     }
+
+    /// The receiver program on `hook` that program `id` is, if any.
+    pub fn receiver_on(&self, id: u32, hook: Hook) -> Option<&'static ProgramSpec> {
+        RECEIVER.iter().filter(|s| s.hook == hook).find(|s| self.is(id, s) == Some(true))
+    }
 }
 
 /// The receiver's program that needs the newest kernel, of those it cannot
@@ -255,9 +267,15 @@ pub(crate) fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, cgroup: impl AsFd) -> 
     }
 }
 
-/// The ids of the programs in effect for `attach_type` on a cgroup.
+/// The ids of the programs in effect for `attach_type` on a cgroup
+/// (those of its ancestors included).
 pub(crate) fn query_effective(cgroup: impl AsFd, attach_type: u32) -> std::io::Result<Vec<u32>> {
-    bpf::prog_query(cgroup.as_fd(), attach_type)
+    bpf::prog_query(cgroup.as_fd(), attach_type, true)
+}
+
+/// The ids of the programs attached for `attach_type` to the cgroup itself.
+pub(crate) fn query_attached(cgroup: impl AsFd, attach_type: u32) -> std::io::Result<Vec<u32>> {
+    bpf::prog_query(cgroup.as_fd(), attach_type, false)
 }
 
 /// One line saying why a program did not load (the verifier's last words).

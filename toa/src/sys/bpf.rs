@@ -1,6 +1,6 @@
-//! The `bpf(2)` commands aya does not offer here: getsockopt links, effective
-//! program queries, pinning and opening raw pins, what a pinned object is,
-//! and element updates from many threads on one map descriptor without a
+//! The `bpf(2)` commands aya does not offer here: getsockopt links, program
+//! queries on a cgroup, pinning and opening raw pins, what a link is attached
+//! to, and element updates from many threads on one map descriptor without a
 //! lock.
 //!
 //! Every command goes through [`bpf`], which hands the kernel a zero-padded
@@ -82,14 +82,18 @@ pub fn iter_create(link: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// `BPF_PROG_QUERY` (effective) of `attach_type` on the cgroup `target`.
-pub fn prog_query(target: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
-    let mut ids = [0u32; 64];
+/// `BPF_PROG_QUERY` of `attach_type` on the cgroup `target`: the programs
+/// in effect there (`effective`, inherited from ancestors included) or those
+/// attached to this cgroup itself.
+pub fn prog_query(target: BorrowedFd<'_>, attach_type: u32, effective: bool) -> io::Result<Vec<u32>> {
+    // A cgroup holds at most 64 programs per attach type (BPF_CGROUP_MAX_PROGS);
+    // the effective list adds its ancestors'.
+    let mut ids = [0u32; 1024];
     let mut attr = Attr::default();
     // struct { __u32 target_fd, attach_type, query_flags, attach_flags;
     //          __aligned_u64 prog_ids; __u32 prog_cnt; ... }
     attr[0] = u64::from(target.as_raw_fd() as u32) | (u64::from(attach_type) << 32);
-    attr[1] = BPF_F_QUERY_EFFECTIVE;
+    attr[1] = if effective { BPF_F_QUERY_EFFECTIVE } else { 0 };
     attr[2] = ids.as_mut_ptr() as u64;
     attr[3] = ids.len() as u64;
     bpf(BPF_PROG_QUERY, &mut attr)?;

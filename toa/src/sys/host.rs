@@ -78,6 +78,22 @@ fn cgroup2_root_in(mounts: &str) -> Option<PathBuf> {
     })
 }
 
+/// Every bpffs mount point, from /proc/mounts.
+pub fn bpffs_mounts() -> Vec<PathBuf> {
+    let mounts = fs::read_to_string(paths::PROC_MOUNTS).unwrap_or_default();
+    let mut found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            (fstype == "bpf").then(|| PathBuf::from(unescape_mount_path(dir)))
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
 /// The cgroup directory with id (inode) `id` under `root`, searched breadth-first.
 pub fn find_cgroup(root: &Path, id: u64) -> Option<PathBuf> {
     let mut queue = vec![root.to_path_buf()];
