@@ -21,7 +21,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fs::{self, File},
-    os::unix::fs::MetadataExt,
+    os::{fd::AsFd as _, unix::fs::MetadataExt},
     path::PathBuf,
 };
 
@@ -43,7 +43,7 @@ use crate::{
         programs::{self, KernelPrograms, ProgramSpec, RECEIVER},
         settings::{self, Values},
     },
-    sys::{host as system, paths::PinDir},
+    sys::{bpf, host as system, paths::PinDir},
 };
 
 /// What the agent is asked to do.
@@ -534,6 +534,13 @@ fn remove_toa_pins(pins: &PinDir) -> Detached {
     let inventory = Inventory::read(pins, &KernelPrograms::read());
     let mut done = Detached { left: inventory.not_toas().into_iter().cloned().collect(), ..Detached::default() };
     for link in &inventory.links {
+        // Detached first: once its pin is gone the kernel releases the link
+        // only later, and "detached" must be true when it is said.
+        if let Ok(fd) = bpf::obj_get(&link.path)
+            && let Err(e) = bpf::link_detach(fd.as_fd())
+        {
+            tracing::debug!(pin = %link.path.display(), error = %e, "detaching a link before removing its pin");
+        }
         if fs::remove_file(&link.path).is_ok() && !link.pending() {
             done.links += 1;
         }

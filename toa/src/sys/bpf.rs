@@ -24,6 +24,7 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ITER_CREATE: libc::c_long = 33;
+const BPF_LINK_DETACH: libc::c_long = 34;
 const BPF_F_QUERY_EFFECTIVE: u64 = 1;
 
 /// `enum bpf_attach_type` values toa attaches to or looks at.
@@ -99,6 +100,15 @@ pub fn prog_query(target: BorrowedFd<'_>, attach_type: u32, effective: bool) -> 
     bpf(BPF_PROG_QUERY, &mut attr)?;
     let count = (attr[3] & 0xffff_ffff) as usize;
     Ok(ids[..count.min(ids.len())].to_vec())
+}
+
+/// `BPF_LINK_DETACH`: detaches `link` from its hook now. Removing a link's
+/// last pin releases it too, but from a kernel work item, later.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = Attr::default();
+    // struct { __u32 link_fd; }
+    attr[0] = u64::from(link.as_raw_fd() as u32);
+    bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
 }
 
 /// `BPF_OBJ_PIN` of `fd` at `path`.
