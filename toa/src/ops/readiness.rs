@@ -211,6 +211,10 @@ impl StateFile {
         let err = |source| ReadinessError::Write { path: self.path.clone(), source };
         let tmp = self.path.with_extension("state.tmp");
         let text = serde_json::to_string(&self.state).map_err(|e| err(e.into()))?;
+        // Nothing else creates the runtime directory: the lock is the pin directory's.
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir).map_err(err)?;
+        }
         let mut f = fs::File::create(&tmp).map_err(err)?;
         f.write_all(text.as_bytes()).map_err(err)?;
         drop(f);
