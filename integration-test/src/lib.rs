@@ -1,13 +1,15 @@
 //! Fixtures for toa's privileged integration tests: network namespaces, veth
-//! pairs, child cgroups, processes started inside them, and a TUN peer that
-//! writes TCP segments byte by byte. Every fixture has a unique name and
-//! cleans up on drop, also when a test panics.
+//! pairs, child cgroups, processes started inside them, a TUN peer that
+//! writes TCP segments byte by byte, and BPF programs that are not toa's.
+//! Every fixture has a unique name and cleans up on drop, also when a test
+//! panics.
 //!
 //! Tests that need root are marked `#[ignore = "needs root: ..."]`, so a plain
 //! `cargo test` lists them as ignored with the reason, and start with
 //! [`require_root`], so that running them as another user (`--include-ignored`)
 //! fails instead of passing. `./scripts/test` runs them all as root.
 
+pub mod bpf;
 pub mod cgroup;
 pub mod container;
 pub mod line;

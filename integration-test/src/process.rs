@@ -301,6 +301,29 @@ impl Spawned {
         panic!("{failure} after {timeout:?} waiting for a matching line on {stream:?} of {report}");
     }
 
+    /// Every line `stream` produced, once it has ended (the child closed it,
+    /// normally by exiting), waiting up to `timeout` for the end.
+    ///
+    /// # Panics
+    ///
+    /// If the stream is still open after `timeout`.
+    pub fn wait_for_end(&mut self, stream: Stream, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let lines = self.lines(stream);
+        while !lines.eof {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.rx.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(RecvTimeoutError::Disconnected) => lines.eof = true,
+                Err(RecvTimeoutError::Timeout) => {
+                    let report = self.report();
+                    panic!("{stream:?} still open after {timeout:?}: {report}");
+                }
+            }
+        }
+        lines.all.clone()
+    }
+
     /// Command line, exit status (if exited) and all output so far, for panic
     /// messages.
     fn report(&mut self) -> String {

@@ -1,6 +1,22 @@
 //! Receiver settings the agent writes and the capture program reads.
+//!
+//! Every settings map has [`SLOTS`] slots: the one in force, named by the
+//! word in `TOA_ACTIVE`, and a spare. The agent writes a new configuration
+//! into the spare slot completely (formats and flags, ports, trusted
+//! prefixes) and then switches the word: the programs see either the old
+//! configuration or the new one, never a mixture, and a configuration that
+//! fails part-way never comes into force.
 
 use crate::format::Formats;
+
+/// Settings slots per map: the one in force and the one being written.
+pub const SLOTS: u32 = 2;
+
+/// The other slot.
+#[inline(always)]
+pub const fn other_slot(slot: u32) -> u32 {
+    (slot + 1) % SLOTS
+}
 
 /// Flag: also take the option from the SYN (saved SYN on listeners created
 /// after the agent started).
@@ -13,7 +29,7 @@ pub const TRUST_ALL: u32 = 4;
 /// Flag: act only on the local ports in the `TOA_PORTS` set.
 pub const PORT_FILTER: u32 = 8;
 
-/// Value of the `TOA_CONFIG` array at index 0.
+/// Value of the `TOA_CONFIG` array at each slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReceiverConfig {
@@ -21,8 +37,9 @@ pub struct ReceiverConfig {
     pub formats: Formats,
     /// Bit set of the flags above.
     pub flags: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// The slot this configuration is written in (host order): its ports
+    /// and its trusted prefixes are in the same slot of their maps.
+    pub slot: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<ReceiverConfig>() == 264);
@@ -38,7 +55,7 @@ impl ReceiverConfig {
 /// Number of 64-bit words in the local-port set (65536 bits).
 pub const PORT_WORDS: usize = 1024;
 
-/// The set of local ports the receiver acts on: value of `TOA_PORTS` at index 0.
+/// The set of local ports the receiver acts on: value of `TOA_PORTS` at each slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortSet {
@@ -73,6 +90,12 @@ unsafe impl aya::Pod for PortSet {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_other_slot_alternates() {
+        assert_eq!((other_slot(0), other_slot(1)), (1, 0));
+        assert_eq!(other_slot(other_slot(1)), 1);
+    }
 
     #[test]
     fn port_set() {

@@ -128,7 +128,7 @@ pub const DEFAULT_FORMATS: [Format; 4] = [
     Format { kind: 254, shape: Shape::PortV6 },
 ];
 
-/// The accepted formats as the eBPF program reads them (map `TOA_CONFIG`, index 0).
+/// The accepted formats as the eBPF program reads them (in each slot of map `TOA_CONFIG`).
 ///
 /// `shapes[kind]` is the set of [`Shape::bit`]s accepted for that kind; 0 means
 /// the kind is not TOA.

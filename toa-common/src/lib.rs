@@ -44,11 +44,13 @@ pub mod maps {
     pub const PEERS: &str = "TOA_PEERS";
     /// Per-CPU counters indexed by [`crate::counters::Counter`].
     pub const COUNTERS: &str = "TOA_COUNTERS";
-    /// Receiver settings ([`crate::config::ReceiverConfig`]) at index 0.
+    /// The settings slot in force (`u32`, index 0); see [`crate::config`].
+    pub const ACTIVE: &str = "TOA_ACTIVE";
+    /// Receiver settings ([`crate::config::ReceiverConfig`]), one per slot.
     pub const CONFIG: &str = "TOA_CONFIG";
-    /// Trusted forwarder prefixes (LPM trie of [`crate::trust::TrustKey`]).
+    /// Trusted forwarder prefixes (LPM trie of [`crate::trust::TrustKey`]), both slots.
     pub const TRUSTED: &str = "TOA_TRUSTED";
-    /// Local ports acted on ([`crate::config::PortSet`]) at index 0.
+    /// Local ports acted on ([`crate::config::PortSet`]), one per slot.
     pub const PORTS: &str = "TOA_PORTS";
     /// Writer targets by socket cookie ([`crate::inject::InjectSpec`]).
     pub const INJECT_TARGETS: &str = "TOA_INJECT_TARGETS";

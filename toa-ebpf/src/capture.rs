@@ -22,7 +22,7 @@ use toa_common::{
 
 use crate::{
     counters::count,
-    maps::{TOA_CONFIG, TOA_PEERS, TOA_PORTS, TOA_TRUSTED, raw},
+    maps::{TOA_ACTIVE, TOA_CONFIG, TOA_PEERS, TOA_PORTS, TOA_TRUSTED, raw},
     sock_ops::Ops,
 };
 
@@ -84,9 +84,11 @@ pub fn on_sock_op(ops: &Ops) {
     }
 }
 
+/// The settings in force: the slot `TOA_ACTIVE` names, whose ports and
+/// trusted prefixes are read at `cfg.slot`.
 #[inline(always)]
 fn config() -> Option<&'static ReceiverConfig> {
-    TOA_CONFIG.get(0)
+    TOA_CONFIG.get(*TOA_ACTIVE.get(0)?)
 }
 
 /// Whether the connection's local port is one we act on.
@@ -95,7 +97,7 @@ fn port_in_scope(ops: &Ops, cfg: &ReceiverConfig) -> bool {
     if !cfg.has(PORT_FILTER) {
         return true;
     }
-    TOA_PORTS.get(0).is_some_and(|ports| ports.contains(ops.local_port()))
+    TOA_PORTS.get(cfg.slot).is_some_and(|ports| ports.contains(ops.local_port()))
 }
 
 /// Whether the transport peer is a trusted forwarder.
@@ -109,7 +111,7 @@ fn peer_trusted(ops: &Ops, cfg: &ReceiverConfig) -> bool {
     let family = ops.family();
     let v4 = ops.remote_ip4();
     let v6 = [ops.remote_ip6_0(), ops.remote_ip6_1(), ops.remote_ip6_2(), ops.remote_ip6_3()];
-    TOA_TRUSTED.get(&Key::new(KEY_BITS, peer_key(family, v4, v6))).is_some()
+    TOA_TRUSTED.get(&Key::new(KEY_BITS, peer_key(cfg.slot, family, v4, v6))).is_some()
 }
 
 fn on_listen(ops: &Ops) {

@@ -6,10 +6,10 @@ use aya_ebpf::{
 };
 use toa_common::{
     PeerRecord,
-    config::{PortSet, ReceiverConfig},
+    config::{PortSet, ReceiverConfig, SLOTS},
     counters::COUNTER_COUNT,
     inject::{InjectSpec, InjectState},
-    trust::TrustKey,
+    trust::{TRUST_ENTRIES, TrustKey},
 };
 
 /// Real client per socket. Written by `toa_capture` when an accepted option
@@ -23,22 +23,30 @@ pub static TOA_PEERS: SkStorage<PeerRecord> = SkStorage::new();
 #[btf_map]
 pub static TOA_COUNTERS: PerCpuArray<u64, { COUNTER_COUNT as usize }> = PerCpuArray::new();
 
-/// Receiver settings at index 0 (formats, flags). Written by the agent
-/// before it attaches anything (and on reload); read by `toa_capture` on
-/// every handshake.
+/// The settings slot in force (0 or 1) at index 0: which slot of
+/// `TOA_CONFIG`, `TOA_PORTS` and `TOA_TRUSTED` the programs use. Written by
+/// the agent only once that slot is complete (start and reload); read first
+/// by `toa_capture` on every callback it handles.
 #[btf_map]
-pub static TOA_CONFIG: Array<ReceiverConfig, 1> = Array::new();
+pub static TOA_ACTIVE: Array<u32, 1> = Array::new();
 
-/// Trusted forwarder prefixes (IPv4 mapped into ::ffff:0:0/96), value
-/// unused. Written by the agent; read by `toa_capture` when an option is
-/// found, unless the TRUST_ALL flag is set.
+/// Receiver settings (formats, flags), one per slot. Written by the agent
+/// into the slot not in force, before it switches `TOA_ACTIVE`; read by
+/// `toa_capture` at the slot in force.
 #[btf_map]
-pub static TOA_TRUSTED: LpmTrie<TrustKey, u8, 4096> = LpmTrie::new();
+pub static TOA_CONFIG: Array<ReceiverConfig, { SLOTS as usize }> = Array::new();
 
-/// Local ports acted on, at index 0, when the PORT_FILTER flag is set.
-/// Written by the agent; read by `toa_capture`.
+/// Trusted forwarder prefixes of both slots (the key starts with the slot;
+/// IPv4 mapped into ::ffff:0:0/96), value unused. Written by the agent into
+/// the slot not in force (the slot's old prefixes removed first); read by
+/// `toa_capture` when an option is found, unless the TRUST_ALL flag is set.
 #[btf_map]
-pub static TOA_PORTS: Array<PortSet, 1> = Array::new();
+pub static TOA_TRUSTED: LpmTrie<TrustKey, u8, { TRUST_ENTRIES as usize }> = LpmTrie::new();
+
+/// Local ports acted on, one set per slot, when the PORT_FILTER flag is
+/// set. Written by the agent into the slot not in force; read by `toa_capture`.
+#[btf_map]
+pub static TOA_PORTS: Array<PortSet, { SLOTS as usize }> = Array::new();
 
 /// Writer targets by socket cookie; key 0 applies to every socket of the
 /// cgroup. Written by userspace (`toa inject`, the proxy) before `connect()`;

@@ -38,14 +38,56 @@ pub enum Error {
         /// The cgroup v2 mount point.
         root: PathBuf,
     },
-    /// Another agent holds the lock.
-    #[error("another toa agent is already running ({holder}; lock {lock}); stop it first")]
+    /// Another agent holds the pin directory's lock.
+    #[error("another toa agent is already running on {} ({holder}); stop it first, or give this one another pin_dir", pins.display())]
     AlreadyRunning {
         /// Who holds it (pid).
         holder: String,
-        /// The lock file.
-        lock: PathBuf,
+        /// The pin directory (canonical).
+        pins: PathBuf,
     },
+    /// An agent runs on the pin directory (for what needs it stopped).
+    #[error("an agent is running on {} ({holder}); stop it first (systemctl stop toa)", pins.display())]
+    AgentRunning {
+        /// Who holds the lock (pid).
+        holder: String,
+        /// The pin directory (canonical).
+        pins: PathBuf,
+    },
+    /// Attaching a program to a cgroup failed.
+    #[error("attaching {name} to {}: {source}", cgroup.display())]
+    Attach {
+        /// The program.
+        name: &'static str,
+        /// The cgroup.
+        cgroup: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A configuration lists more of something than the programs have room for.
+    #[error("{key}: {} {what}, at most {}", thousands(*count), thousands(*max))]
+    TooMany {
+        /// The configuration key.
+        key: &'static str,
+        /// What is counted.
+        what: &'static str,
+        /// How many were given.
+        count: usize,
+        /// How many fit.
+        max: usize,
+    },
+    /// A pin toa would use is someone else's.
+    #[error("{} is not toa's: {why}; remove it, or choose another pin_dir", path.display())]
+    ForeignPin {
+        /// The pin.
+        path: PathBuf,
+        /// What it is instead.
+        why: String,
+    },
+    /// Another toa instance's programs are attached to a cgroup this one would act on.
+    #[error("{0}")]
+    OtherInstance(String),
     /// No agent state is pinned where we looked.
     #[error("no toa agent is running ({path} does not exist); start one with `toa agent`")]
     NotRunning {
@@ -143,6 +185,42 @@ impl Error {
     /// Whether the error comes from what the user asked for (exit code 2)
     /// rather than from the system.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::NotACgroup { .. } | Error::Invalid(_) | Error::Config { .. })
+        matches!(
+            self,
+            Error::NotACgroup { .. }
+                | Error::Invalid(_)
+                | Error::Config { .. }
+                | Error::TooMany { .. }
+                | Error::ForeignPin { .. }
+                | Error::OtherInstance(_)
+        )
+    }
+}
+
+/// `n` with a comma between groups of three digits (`4,096`).
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_grouped_in_thousands() {
+        for (n, s) in [(0, "0"), (999, "999"), (1000, "1,000"), (4097, "4,097"), (1234567, "1,234,567")] {
+            assert_eq!(thousands(n), s);
+        }
+        let e = Error::TooMany { key: "trusted", what: "prefixes", count: 4097, max: 4096 };
+        assert_eq!(e.to_string(), "trusted: 4,097 prefixes, at most 4,096");
+        assert!(e.is_usage());
     }
 }

@@ -176,7 +176,6 @@ impl Drop for Cleanup {
             let pins = toa::sys::paths::PinDir::new(&self.0);
             let _ = run_in(None, None, &[common::TOA, "detach", "--pin-dir", &self.0.to_string_lossy()]);
             let _ = fs::remove_file(toa::ops::readiness::state_file(&pins));
-            let _ = fs::remove_file(pins.lock_file());
         }
         let _ = fs::remove_dir_all(&self.0);
     }

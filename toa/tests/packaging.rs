@@ -129,7 +129,7 @@ fn the_deb_installs_enables_removes_and_purges_cleanly_in_a_scratch_root() {
 }
 
 /// A private mount namespace with its own bpffs on /sys/fs/bpf and empty
-/// /run and /etc/toa: the package's default paths (pins, lock, configuration)
+/// /run and /etc/toa: the package's default paths (pins and their lock, configuration)
 /// belong to the test there, also on a host where toa is installed and running.
 /// A holder process keeps it; when it goes, the namespace and its pins go too.
 struct PrivateMounts {

@@ -19,7 +19,7 @@ use integration_test::{
 };
 
 /// A pin directory for an agent the test starts itself: whatever a failed
-/// run left attached, and the agent's lock and state files, go on drop.
+/// run left attached, and the agent's state file, go on drop.
 struct Pins(String);
 
 impl Pins {
@@ -35,7 +35,6 @@ impl Drop for Pins {
         }
         let dir = toa::sys::paths::PinDir::new(&self.0);
         let _ = std::fs::remove_file(toa::ops::readiness::state_file(&dir));
-        let _ = std::fs::remove_file(dir.lock_file());
     }
 }
 
@@ -107,7 +106,6 @@ fn a_killed_agents_state_is_not_taken_for_readiness() {
     let detach = toa(&["detach", "--pin-dir", &pins]);
     assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
     let _ = std::fs::remove_file(&state);
-    let _ = std::fs::remove_file(toa::sys::paths::PinDir::new(&pins).lock_file());
 }
 
 #[test]

@@ -398,7 +398,7 @@ fn proxy_template_instances_run_side_by_side_and_the_backend_sees_the_client() {
     assert_eq!(peer_of(&lab.connect(8082)), lab.pair.cli_v4.to_string(), "the previous configuration stays");
     // Stopping an instance leaves the other, and the agent's state in /run/toa, alone.
     ct.run(&["systemctl", "stop", "toa-proxy@web"]);
-    assert!(ct.has("/run/toa/agent@sys-fs-bpf-toa.lock"), "the agent's lock survives a proxy's stop");
+    assert!(ct.has("/run/toa/agent@sys-fs-bpf-toa.state"), "the agent's state survives a proxy's stop");
     ct.run(&["toa", "reload"]);
     assert_eq!(peer_of(&lab.connect(8081)), lab.pair.cli_v4.to_string());
     let journal = ct.run(&["journalctl", "-u", "toa-proxy@api", "--no-pager", "-o", "cat"]);

@@ -37,6 +37,7 @@ pub struct Config {
     /// Attach the getsockopt program (vendor calls 1348 and 4096).
     pub getsockopt: bool,
     /// Trusted forwarder prefixes; empty trusts everyone.
+    #[serde(deserialize_with = "values::trusted")]
     pub trusted: Vec<Prefix>,
     /// cgroups to attach to; empty means the cgroup v2 root.
     pub cgroups: Vec<PathBuf>,
@@ -101,7 +102,7 @@ impl Config {
             let message = if source.is_empty() || e.message().contains(source) {
                 e.message().to_string()
             } else {
-                format!("{} (in `{source}`)", e.message())
+                format!("{} (in `{}`)", e.message(), quote(source))
             };
             Error::Config { path: origin.into(), message, line }
         })?;
@@ -116,6 +117,15 @@ impl Config {
     }
 }
 
+/// A line of the file as an error quotes it: the start of a long one.
+fn quote(line: &str) -> String {
+    const MAX: usize = 60;
+    match line.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &line[..end]),
+        None => line.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +135,19 @@ mod tests {
     fn the_shipped_default_file_is_the_default() {
         let parsed = Config::parse(DEFAULT_TOML, Path::new("packaging/toa.toml")).expect("valid");
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn more_trusted_prefixes_than_fit_are_refused_with_the_key_and_line() {
+        let list: Vec<String> = (0..4097).map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256)).collect();
+        let text = format!("persist = true\ntrusted = [{}]\n", list.join(", "));
+        let err = Config::parse(&text, Path::new("t.toml")).expect_err("4,097 prefixes");
+        let msg = err.to_string();
+        assert!(msg.starts_with("t.toml, line 2: trusted: 4,097 prefixes, at most 4,096"), "{msg}");
+        assert!(msg.len() < 200, "the long line is not quoted whole: {msg}");
+        assert!(err.is_usage());
+        let fits = format!("trusted = [{}]\n", list[..4096].join(", "));
+        assert_eq!(Config::parse(&fits, Path::new("t.toml")).expect("4,096 fit").trusted.len(), 4096);
     }
 
     #[test]

@@ -92,11 +92,12 @@ impl fmt::Display for Prefix {
 }
 
 impl Prefix {
-    /// The LPM trie key and prefix length (IPv4 mapped into ::ffff:0:0/96).
-    pub fn trie_key(&self) -> (toa_common::trust::TrustKey, u32) {
+    /// The LPM trie key and prefix length in settings slot `slot` (IPv4
+    /// mapped into ::ffff:0:0/96).
+    pub fn trie_key(&self, slot: u32) -> (toa_common::trust::TrustKey, u32) {
         match self.addr {
-            IpAddr::V4(a) => toa_common::trust::v4_prefix(a.octets(), self.len),
-            IpAddr::V6(a) => toa_common::trust::v6_prefix(a.octets(), self.len),
+            IpAddr::V4(a) => toa_common::trust::v4_prefix(slot, a.octets(), self.len),
+            IpAddr::V6(a) => toa_common::trust::v6_prefix(slot, a.octets(), self.len),
         }
     }
 
@@ -324,6 +325,17 @@ pub(crate) mod formats {
     }
 }
 
+/// Deserializes the trusted prefixes: at most as many as the programs hold.
+pub(crate) fn trusted<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<Prefix>, D::Error> {
+    let prefixes = Vec::<Prefix>::deserialize(d)?;
+    let max = toa_common::trust::MAX_TRUSTED as usize;
+    if prefixes.len() > max {
+        let e = Error::TooMany { key: "trusted", what: "prefixes", count: prefixes.len(), max };
+        return Err(de::Error::custom(e));
+    }
+    Ok(prefixes)
+}
+
 /// Deserializes local ports: 1 to 65535.
 pub(crate) fn ports<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<u16>, D::Error> {
     let ports = Vec::<u16>::deserialize(d)?;
@@ -350,11 +362,12 @@ mod tests {
         assert!(p.contains("198.51.100.1".parse().expect("ip")));
         assert!(!p.contains("198.51.101.1".parse().expect("ip")));
         let p: Prefix = "2001:db8:2::/48".parse().expect("valid");
-        assert_eq!(p.trie_key().1, 48);
+        assert_eq!(p.trie_key(0).1, 8 + 48);
         assert!(!p.contains("198.51.100.1".parse().expect("ip")), "another family");
         let host: Prefix = "192.0.2.1".parse().expect("valid");
         assert_eq!(host.len, 32);
-        assert_eq!(host.trie_key().1, 128);
+        assert_eq!(host.trie_key(1).1, 8 + 128);
+        assert_eq!(host.trie_key(1).0[0], 1, "the slot leads the key");
         assert!("nonsense".parse::<Prefix>().is_err());
         assert!("::/129".parse::<Prefix>().is_err());
         let all: Prefix = "0.0.0.0/0".parse().expect("valid");

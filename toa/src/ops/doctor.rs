@@ -1,13 +1,20 @@
 //! `toa doctor`: everything that can keep toa from working, each with its fix.
 
-use std::{fs, path::Path};
+use std::{
+    collections::BTreeSet,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
 
 use serde::Serialize;
 
 use crate::{
+    config::Config,
     receiver::{
         ebpf,
-        programs::{self, Hook, ProgramSpec, RECEIVER},
+        instances::{self, Found, Twice},
+        programs::{self, Hook, KernelPrograms, ProgramSpec, RECEIVER},
     },
     sys::{host as system, paths},
 };
@@ -105,10 +112,87 @@ pub fn run() -> Vec<Check> {
         )
     });
     if root {
-        checks.extend(conflicting_programs());
+        let kernel = KernelPrograms::read();
+        let found = instances::pinned_links(&kernel, &[]);
+        let cgroups = toa_cgroups(&found);
+        checks.extend(duplicate_instances(&cgroups, &kernel, &found));
+        checks.push(conflicting_programs(&cgroups, &kernel));
         checks.extend(probe_programs());
     }
     checks
+}
+
+/// The cgroups toa acts on: those of the configuration file (the cgroup v2
+/// root when it names none), and those every toa link pinned on bpffs is
+/// attached to (any agent's, running or not).
+fn toa_cgroups(found: &[Found]) -> Vec<PathBuf> {
+    let mut cgroups: Vec<PathBuf> = Vec::new();
+    let configured = Config::load_default().map(|c| c.cgroups).unwrap_or_default();
+    if configured.is_empty() {
+        cgroups.extend(system::cgroup2_root().ok());
+    } else {
+        cgroups.extend(configured);
+    }
+    let ids: BTreeSet<u64> = found.iter().map(|f| f.link.info.cgroup_id).collect();
+    if let Ok(root) = system::cgroup2_root() {
+        cgroups.extend(ids.into_iter().filter_map(|id| system::find_cgroup(&root, id)));
+    }
+    let mut seen = BTreeSet::new();
+    cgroups.retain(|c| fs::metadata(c).is_ok_and(|m| seen.insert(m.ino())));
+    cgroups
+}
+
+/// Receiver programs in effect twice on a cgroup toa acts on: two toa
+/// instances (two pin directories, or one that is not pinned) on it.
+fn duplicate_instances(cgroups: &[PathBuf], kernel: &KernelPrograms, found: &[Found]) -> Vec<Check> {
+    let scan = |found: &[Found]| -> Vec<(PathBuf, Vec<Twice>)> {
+        cgroups
+            .iter()
+            .map(|c| (c.clone(), instances::twice_on(c, kernel, found)))
+            .filter(|(_, twice)| !twice.is_empty())
+            .collect()
+    };
+    let mut dups = scan(found);
+    if !dups.is_empty() {
+        // An agent replacing its links on restart or reload holds both for
+        // a moment: only what is still there a little later counts.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let again = instances::pinned_links(kernel, &[]);
+        let later = scan(&again);
+        dups = later.into_iter().filter(|(l, _)| dups.iter().any(|(c, _)| c == l)).collect();
+    }
+    if dups.is_empty() {
+        return vec![check(
+            "toa instances",
+            Verdict::Ok,
+            format!("one per cgroup ({} cgroups toa acts on)", cgroups.len()),
+            "",
+        )];
+    }
+    dups.into_iter()
+        .map(|(cgroup, twice)| {
+            let what: Vec<String> = twice
+                .iter()
+                .map(|t| {
+                    let mut owners: Vec<String> = t.pin_dirs.iter().map(|d| d.display().to_string()).collect();
+                    if t.unpinned > 0 {
+                        owners.push(format!("{} not pinned", t.unpinned));
+                    }
+                    format!("{} attached {} times (pin dirs {})", t.program, t.count, owners.join(", "))
+                })
+                .collect();
+            let dirs: BTreeSet<&PathBuf> = twice.iter().flat_map(|t| &t.pin_dirs).collect();
+            let fix = match dirs.iter().last() {
+                Some(dir) => format!(
+                    "two toa instances act on this cgroup and run every program twice: stop one, or remove its \
+                     programs (`toa detach --pin-dir {}`)",
+                    dir.display()
+                ),
+                None => "two toa instances act on this cgroup and run every program twice: stop one".to_string(),
+            };
+            check("toa instances", Verdict::Fail, format!("{}: {}", cgroup.display(), what.join("; ")), fix)
+        })
+        .collect()
 }
 
 /// The verdict on the running kernel (`version`: its major and minor) from
@@ -128,28 +212,29 @@ fn kernel_check(release: &str, version: Option<(u32, u32)>) -> Check {
     }
 }
 
-/// Programs of others attached to the hooks toa uses, on the cgroup v2 root.
-fn conflicting_programs() -> Vec<Check> {
-    let Ok(root) = system::cgroup2_root() else { return Vec::new() };
-    let Ok(dir) = fs::File::open(&root) else { return Vec::new() };
-    let names: std::collections::HashMap<u32, String> = aya::programs::loaded_programs()
-        .flatten()
-        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_string()))
-        .collect();
+/// Programs of others in effect on the hooks toa uses, on every cgroup toa acts on.
+fn conflicting_programs(cgroups: &[PathBuf], kernel: &KernelPrograms) -> Check {
     let mut found = Vec::new();
-    let mut hooks: Vec<Hook> = RECEIVER.iter().map(|s| s.hook).collect();
-    hooks.dedup();
-    for hook in hooks {
-        let hook_name = hook.attach_type();
-        for id in programs::query_effective(&dir, hook.attach_type_id()).unwrap_or_default() {
-            let name = names.get(&id).cloned().unwrap_or_else(|| format!("id {id}"));
-            if !name.starts_with("toa_") {
-                found.push(format!("{name} on {hook_name}"));
+    for cgroup in cgroups {
+        let Ok(dir) = fs::File::open(cgroup) else { continue };
+        for hook in Hook::receiver_hooks() {
+            let hook_name = hook.attach_type();
+            for id in programs::query_effective(&dir, hook.attach_type_id()).unwrap_or_default() {
+                let name = kernel.name(id).map_or_else(|| format!("id {id}"), str::to_string);
+                let line = format!("{name} on {hook_name} of {}", cgroup.display());
+                if !name.starts_with("toa_") && !found.contains(&line) {
+                    found.push(line);
+                }
             }
         }
     }
-    vec![if found.is_empty() {
-        check("other programs on toa's hooks", Verdict::Ok, "none on the cgroup v2 root", "")
+    if found.is_empty() {
+        check(
+            "other programs on toa's hooks",
+            Verdict::Ok,
+            format!("none on the {} cgroups toa acts on", cgroups.len()),
+            "",
+        )
     } else {
         check(
             "other programs on toa's hooks",
@@ -158,7 +243,7 @@ fn conflicting_programs() -> Vec<Check> {
             "another component (e.g. Cilium's socket LB) also rewrites addresses: check that they agree, \
              or scope toa to the services that need it (cgroups = [...])",
         )
-    }]
+    }
 }
 
 /// Loads each program without attaching it: the feature probe.

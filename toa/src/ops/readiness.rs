@@ -2,16 +2,17 @@
 //!
 //! The counters are pinned before the programs are attached, so "`toa stats`
 //! answers" does not mean "connections are translated". The agent writes a
-//! small JSON state file next to its lock (`/run/toa/agent@<pin dir>.state`)
-//! once every program is attached, and updates it after each reload:
+//! small JSON state file (`/run/toa/agent@<pin dir>.state`, the directory
+//! escaped so that two never share a file) once every program is attached,
+//! and updates it after each reload:
 //!
 //! - `toa status --wait` (and [`wait_attached`]) returns once it says attached;
 //! - `/healthz` answers 200 only then (503 before);
 //! - `toa reload` (and [`reload`]) sends SIGHUP and waits for the reload count
 //!   to move, then reports whether the new configuration was applied.
 //!
-//! The file is believed only while its agent holds the lock (a crashed agent
-//! leaves a stale file that says nothing).
+//! The file is believed only while its agent holds the pin directory's lock
+//! (a crashed agent leaves a stale file that says nothing).
 
 use std::{
     fs,
@@ -22,14 +23,25 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{receiver::lock::InstanceLock, sys::paths::PinDir};
+use crate::{
+    receiver::lock,
+    sys::{
+        host,
+        paths::{self, PinDir},
+    },
+};
 
 /// What the agent last said about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentState {
-    /// The agent's pid.
+    /// The agent's pid: as the agent sees it in the file; as the reader
+    /// sees it (its own pid namespace) in what [`read`] returns.
     pub pid: u32,
+    /// When the agent started, in clock ticks since boot (`/proc/PID/stat`),
+    /// the same in every pid namespace: which process wrote the file.
+    #[serde(default)]
+    pub started: u64,
     /// Every program is attached: new connections are translated.
     pub attached: bool,
     /// Reloads (SIGHUP) handled so far.
@@ -85,15 +97,26 @@ pub enum ReadinessError {
 
 /// Where the agent on `pins` keeps its state.
 pub fn state_file(pins: &PinDir) -> PathBuf {
-    pins.lock_file().with_extension("state")
+    Path::new(paths::RUN_DIR).join(format!("agent@{}.state", pins.escaped()))
 }
 
 /// The state of the agent on `pins`, when one runs and has said anything.
+///
+/// The file is believed only when the process holding the pin directory's
+/// lock wrote it: its start time is the file's (pids differ between pid
+/// namespaces, an agent in a container and a reader on the host, start
+/// times do not). When the holder is not visible from here, the lock alone
+/// decides. The pid returned is the holder's as seen from here.
 pub fn read(pins: &PinDir) -> Option<AgentState> {
-    let lock = pins.lock_file();
-    let holder: u32 = fs::read_to_string(&lock).ok()?.trim().parse().ok()?;
-    let state: AgentState = serde_json::from_str(&fs::read_to_string(state_file(pins)).ok()?).ok()?;
-    (state.pid == holder && InstanceLock::is_held(&lock)).then_some(state)
+    let holder = lock::holder(pins)?;
+    let mut state: AgentState = serde_json::from_str(&fs::read_to_string(state_file(pins)).ok()?).ok()?;
+    if let Some(pid) = holder.pid {
+        if host::process_start_time(pid)? != state.started {
+            return None;
+        }
+        state.pid = pid;
+    }
+    Some(state)
 }
 
 /// Whether an agent on `pins` has every program attached.
@@ -111,7 +134,7 @@ pub fn wait_attached(pins: &PinDir, timeout: Duration) -> Result<AgentState, Rea
         let why = match read(pins) {
             Some(s) if s.attached => return Ok(s),
             Some(_) => "the agent runs but is not attached yet",
-            None if InstanceLock::is_held(&pins.lock_file()) => "the agent is starting",
+            None if lock::holder(pins).is_some() => "the agent is starting",
             None => "no agent holds the pin directory's lock",
         };
         if Instant::now() >= deadline {
@@ -163,7 +186,9 @@ pub struct StateFile {
 impl StateFile {
     /// Says that every program is attached.
     pub fn attached(pins: &PinDir) -> Result<StateFile, ReadinessError> {
-        let state = AgentState { pid: std::process::id(), attached: true, reloads: 0, reload_error: None };
+        let pid = std::process::id();
+        let started = host::process_start_time(pid).unwrap_or(0);
+        let state = AgentState { pid, started, attached: true, reloads: 0, reload_error: None };
         let file = StateFile { path: state_file(pins), state };
         file.write()?;
         Ok(file)
@@ -186,6 +211,10 @@ impl StateFile {
         let err = |source| ReadinessError::Write { path: self.path.clone(), source };
         let tmp = self.path.with_extension("state.tmp");
         let text = serde_json::to_string(&self.state).map_err(|e| err(e.into()))?;
+        // Nothing else creates the runtime directory: the lock is the pin directory's.
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir).map_err(err)?;
+        }
         let mut f = fs::File::create(&tmp).map_err(err)?;
         f.write_all(text.as_bytes()).map_err(err)?;
         drop(f);
@@ -209,13 +238,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_state_file_sits_next_to_the_lock() {
+    fn the_state_file_is_named_after_the_pin_dir() {
         assert_eq!(state_file(&PinDir::default()), Path::new("/run/toa/agent@sys-fs-bpf-toa.state"));
+        assert_ne!(state_file(&PinDir::new("/sys/fs/bpf/a/b")), state_file(&PinDir::new("/sys/fs/bpf/a-b")));
     }
 
     #[test]
     fn the_state_round_trips_and_refuses_unknown_fields() {
-        let s = AgentState { pid: 7, attached: true, reloads: 2, reload_error: Some("bad".into()) };
+        let s = AgentState { pid: 7, started: 42, attached: true, reloads: 2, reload_error: Some("bad".into()) };
         let text = serde_json::to_string(&s).expect("json");
         assert_eq!(serde_json::from_str::<AgentState>(&text).expect("parse"), s);
         assert!(

@@ -1,16 +1,12 @@
 //! What is attached and pinned, for `toa status`.
 
-use std::{
-    fs,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::{
     ops::stats::Snapshot,
-    receiver::{lock::InstanceLock, programs::RECEIVER},
+    receiver::{lock, pins::Inventory, programs::KernelPrograms},
     sys::{host as system, paths::PinDir},
 };
 
@@ -36,10 +32,12 @@ pub struct Status {
     pub agent_pid: Option<u32>,
     /// The pin directory.
     pub pin_dir: PathBuf,
-    /// Pinned maps.
+    /// toa's pinned maps.
     pub maps: Vec<String>,
-    /// Pinned links.
+    /// toa's pinned links.
     pub links: Vec<LinkStatus>,
+    /// Pins in the directory that are not toa's (path: what it is).
+    pub not_toas: Vec<String>,
     /// Kernel facts.
     pub kernel: KernelFacts,
     /// Counter totals, when the counters are pinned.
@@ -76,24 +74,25 @@ impl KernelFacts {
 impl Status {
     /// Gathers the status of the agent owning `pins`.
     pub fn read(pins: &PinDir) -> Status {
-        let lock = pins.lock_file();
-        let agent_running = InstanceLock::is_held(&lock);
-        let agent_pid =
-            if agent_running { fs::read_to_string(&lock).ok().and_then(|s| s.trim().parse().ok()) } else { None };
-        let mut maps: Vec<String> = list(&pins.maps());
+        let holder = lock::holder(pins);
+        let agent_running = holder.is_some();
+        let agent_pid = holder.and_then(|h| h.pid);
+        let inventory = Inventory::read(pins, &KernelPrograms::read());
+        let mut maps: Vec<String> = inventory.maps.iter().map(|(name, _, _)| name.to_string()).collect();
         maps.sort();
         let cgroup_root = system::cgroup2_root().ok();
-        let mut links: Vec<LinkStatus> = list(&pins.links())
-            .into_iter()
-            .filter_map(|name| {
-                let (program, id) = name.split_once('@')?;
-                let cgroup_id: u64 = id.parse().ok()?;
-                let hook =
-                    RECEIVER.iter().find(|s| s.name == program).map_or("unknown", |s| s.hook.attach_type()).to_string();
-                let cgroup = cgroup_root.as_deref().and_then(|r| find_cgroup(r, cgroup_id));
-                Some(LinkStatus { program: program.to_string(), hook, cgroup_id, cgroup })
+        let mut links: Vec<LinkStatus> = inventory
+            .links
+            .iter()
+            .filter(|l| !l.pending())
+            .map(|l| LinkStatus {
+                program: l.spec.name.to_string(),
+                hook: l.spec.hook.attach_type().to_string(),
+                cgroup_id: l.info.cgroup_id,
+                cgroup: cgroup_root.as_deref().and_then(|r| system::find_cgroup(r, l.info.cgroup_id)),
             })
             .collect();
+        let not_toas = inventory.not_toas().iter().map(|f| format!("{}: {}", f.path.display(), f.why)).collect();
         links.sort_by(|a, b| (a.cgroup_id, &a.program).cmp(&(b.cgroup_id, &b.program)));
         let counters = Snapshot::read_pinned(pins).ok().map(|s| s.to_json());
         Status {
@@ -102,6 +101,7 @@ impl Status {
             pin_dir: pins.root().to_path_buf(),
             maps,
             links,
+            not_toas,
             kernel: KernelFacts::read(pins),
             counters,
         }
@@ -132,6 +132,12 @@ impl Status {
                 out.push_str(&format!("  {:<18} {:<26} {where_}\n", l.program, l.hook));
             }
         }
+        if !self.not_toas.is_empty() {
+            out.push_str("not toa's (left alone):\n");
+            for f in &self.not_toas {
+                out.push_str(&format!("  {f}\n"));
+            }
+        }
         let k = &self.kernel;
         out.push_str(&format!(
             "kernel:   {} — BTF {}, cgroup v2 {}, bpffs {}\n",
@@ -148,29 +154,4 @@ impl Status {
         }
         out
     }
-}
-
-fn list(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
-}
-
-/// The cgroup directory with id (inode) `id` under `root`, searched breadth-first.
-fn find_cgroup(root: &Path, id: u64) -> Option<PathBuf> {
-    let mut queue = vec![root.to_path_buf()];
-    let mut seen = 0;
-    while let Some(dir) = queue.pop() {
-        seen += 1;
-        if seen > 100_000 {
-            return None;
-        }
-        if fs::metadata(&dir).map(|m| m.ino()).ok() == Some(id) {
-            return Some(dir);
-        }
-        if let Ok(entries) = fs::read_dir(&dir) {
-            queue.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
-        }
-    }
-    None
 }

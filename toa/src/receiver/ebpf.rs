@@ -1,34 +1,10 @@
 //! The embedded eBPF object and how it is loaded.
 
+use crate::{Result, receiver::pins::PINNED_MAPS, sys::paths::PinDir};
 use aya::{Ebpf, EbpfLoader};
-use toa_common::maps;
-
-use crate::{Result, sys::paths::PinDir};
 
 /// The eBPF object built from `toa-ebpf` by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/toa"));
-
-/// Maps shared between the agent's programs and its readers, pinned by name.
-pub const PINNED_MAPS: [&str; 5] = [maps::PEERS, maps::COUNTERS, maps::CONFIG, maps::TRUSTED, maps::PORTS];
-
-/// The (key size, value size, max entries) each pinned map must have; a pin
-/// of another shape comes from an incompatible version.
-pub fn expected_shape(name: &str) -> Option<(u32, u32, u32)> {
-    use toa_common::{
-        PeerRecord,
-        config::{PortSet, ReceiverConfig},
-        counters::COUNTER_COUNT,
-    };
-    let size = |n: usize| n as u32;
-    Some(match name {
-        maps::PEERS => (4, size(size_of::<PeerRecord>()), 0),
-        maps::COUNTERS => (4, 8, COUNTER_COUNT),
-        maps::CONFIG => (4, size(size_of::<ReceiverConfig>()), 1),
-        maps::TRUSTED => (20, 1, 4096),
-        maps::PORTS => (4, size(size_of::<PortSet>()), 1),
-        _ => return None,
-    })
-}
 
 /// Loads the object with the receiver's maps pinned under `pins` (reusing
 /// maps already pinned there, so stored addresses survive a restart).

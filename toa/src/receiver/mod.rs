@@ -3,5 +3,8 @@
 
 pub mod agent;
 pub(crate) mod ebpf;
+pub(crate) mod instances;
 pub(crate) mod lock;
+pub mod pins;
 pub mod programs;
+pub(crate) mod settings;

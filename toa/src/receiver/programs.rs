@@ -49,6 +49,25 @@ impl Hook {
             Hook::GetSockopt => bpf::attach::GETSOCKOPT,
         }
     }
+
+    /// The program type of what attaches here (`enum bpf_prog_type`).
+    pub fn prog_type_id(self) -> u32 {
+        match self {
+            // BPF_PROG_TYPE_SOCK_OPS
+            Hook::SockOps => 13,
+            // BPF_PROG_TYPE_CGROUP_SOCK_ADDR
+            Hook::GetPeerName4 | Hook::GetPeerName6 => 18,
+            // BPF_PROG_TYPE_CGROUP_SOCKOPT
+            Hook::GetSockopt => 25,
+        }
+    }
+
+    /// The hooks the receiver uses, each once.
+    pub fn receiver_hooks() -> Vec<Hook> {
+        let mut hooks: Vec<Hook> = RECEIVER.iter().map(|s| s.hook).collect();
+        hooks.dedup();
+        hooks
+    }
 }
 
 /// One row of the table.
@@ -100,6 +119,62 @@ pub const RECEIVER: [ProgramSpec; 4] = [
         optional: true,
     },
 ];
+
+/// The receiver program called `name`.
+pub fn receiver(name: &str) -> Option<&'static ProgramSpec> {
+    RECEIVER.iter().find(|s| s.name == name)
+}
+
+/// A program's name as the kernel keeps it (`BPF_OBJ_NAME_LEN`: 15 bytes
+/// and a NUL): `toa_getpeername4` and `6` both read `toa_getpeername`.
+pub(crate) fn kernel_name(name: &str) -> &str {
+    &name[..name.len().min(15)]
+}
+
+/// The programs the kernel holds, by id: name and type. Listing them takes
+/// CAP_SYS_ADMIN; without it the table is empty and names are unknown.
+pub(crate) struct KernelPrograms {
+    by_id: std::collections::HashMap<u32, (String, u32)>,
+}
+
+impl KernelPrograms {
+    /// Reads the table.
+    pub fn read() -> KernelPrograms {
+        let by_id = aya::programs::loaded_programs()
+            .flatten()
+            .map(|p| (p.id(), (p.name_as_str().unwrap_or("").to_string(), p.program_type() as u32)))
+            .collect();
+        KernelPrograms { by_id }
+    }
+
+    /// Whether any program could be read.
+    pub fn readable(&self) -> bool {
+        !self.by_id.is_empty()
+    }
+
+    /// The kernel's name of program `id`.
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.by_id.get(&id).map(|(n, _)| n.as_str())
+    }
+
+    /// Whether program `id`, found on `hook`, is the receiver program `spec`
+    /// (of any toa version: by name and type). `None` when names cannot be read.
+    pub fn is(&self, id: u32, spec: &ProgramSpec) -> Option<bool> {
+        if !self.readable() {
+            return None;
+        }
+        Some(
+            self.by_id
+                .get(&id)
+                .is_some_and(|(name, ty)| name == kernel_name(spec.name) && *ty == spec.hook.prog_type_id()),
+        )
+    }
+
+    /// The receiver program on `hook` that program `id` is, if any.
+    pub fn receiver_on(&self, id: u32, hook: Hook) -> Option<&'static ProgramSpec> {
+        RECEIVER.iter().filter(|s| s.hook == hook).find(|s| self.is(id, s) == Some(true))
+    }
+}
 
 /// The receiver's program that needs the newest kernel, of those it cannot
 /// run without: its `min_kernel` is the oldest kernel toa supports.
@@ -192,9 +267,15 @@ pub(crate) fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, cgroup: impl AsFd) -> 
     }
 }
 
-/// The ids of the programs in effect for `attach_type` on a cgroup.
+/// The ids of the programs in effect for `attach_type` on a cgroup
+/// (those of its ancestors included).
 pub(crate) fn query_effective(cgroup: impl AsFd, attach_type: u32) -> std::io::Result<Vec<u32>> {
-    bpf::prog_query(cgroup.as_fd(), attach_type)
+    bpf::prog_query(cgroup.as_fd(), attach_type, true)
+}
+
+/// The ids of the programs attached for `attach_type` to the cgroup itself.
+pub(crate) fn query_attached(cgroup: impl AsFd, attach_type: u32) -> std::io::Result<Vec<u32>> {
+    bpf::prog_query(cgroup.as_fd(), attach_type, false)
 }
 
 /// One line saying why a program did not load (the verifier's last words).

@@ -3,7 +3,7 @@
 use std::{
     ffi::CString,
     fs,
-    os::unix::ffi::OsStrExt,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -78,6 +78,41 @@ fn cgroup2_root_in(mounts: &str) -> Option<PathBuf> {
     })
 }
 
+/// Every bpffs mount point, from /proc/mounts.
+pub fn bpffs_mounts() -> Vec<PathBuf> {
+    let mounts = fs::read_to_string(paths::PROC_MOUNTS).unwrap_or_default();
+    let mut found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            (fstype == "bpf").then(|| PathBuf::from(unescape_mount_path(dir)))
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// The cgroup directory with id (inode) `id` under `root`, searched breadth-first.
+pub fn find_cgroup(root: &Path, id: u64) -> Option<PathBuf> {
+    let mut queue = vec![root.to_path_buf()];
+    let mut seen = 0;
+    while let Some(dir) = queue.pop() {
+        seen += 1;
+        if seen > 100_000 {
+            return None;
+        }
+        if fs::metadata(&dir).map(|m| m.ino()).ok() == Some(id) {
+            return Some(dir);
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            queue.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        }
+    }
+    None
+}
+
 /// /proc/mounts escapes space, tab, newline and backslash as octal.
 fn unescape_mount_path(s: &str) -> String {
     s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
@@ -115,6 +150,18 @@ pub fn own_cgroup() -> Result<PathBuf> {
         .find_map(|l| l.strip_prefix("0::"))
         .ok_or_else(|| Error::Invalid("this process is in no cgroup v2 (no `0::` line in /proc/self/cgroup)".into()))?;
     Ok(cgroup2_root()?.join(rel.trim().trim_start_matches('/')))
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`, after the parenthesised command name).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_start_time(&stat)
+}
+
+fn stat_start_time(stat: &str) -> Option<u64> {
+    // Fields after the command name start with field 3 (the state).
+    stat.rsplit_once(')')?.1.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
 /// The running kernel's release (`uname -r`); empty when unreadable.
@@ -163,6 +210,13 @@ pub fn is_bpffs(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_start_time_is_field_22_whatever_the_command_name() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(stat_start_time(stat), Some(987654));
+        assert!(process_start_time(std::process::id()).is_some_and(|t| t > 0));
+    }
 
     #[test]
     fn finds_cgroup2_in_hybrid_and_unified_tables() {
