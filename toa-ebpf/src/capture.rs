@@ -72,10 +72,10 @@ fn scan(buf: &[u8; OPTION_BUF_LEN], len: usize, cfg: &ReceiverConfig, in_syn: bo
     }
 }
 
-/// Dispatches the callbacks the receiver handles.
+/// Dispatches the callbacks the receiver handles; `op` is `ops.op()`.
 #[inline(always)]
-pub fn on_sock_op(ops: &Ops) {
-    match ops.op() {
+pub fn on_sock_op(ops: &Ops, op: u32) {
+    match op {
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(ops),
         BPF_SOCK_OPS_PARSE_HDR_OPT_CB => on_packet(ops),
         BPF_SOCK_OPS_STATE_CB => on_state_change(ops),

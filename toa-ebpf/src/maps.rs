@@ -9,6 +9,7 @@ use toa_common::{
     config::{PortSet, ReceiverConfig},
     counters::COUNTER_COUNT,
     inject::{InjectSpec, InjectState},
+    opstats::{self, OpStat},
     trust::TrustKey,
 };
 
@@ -50,6 +51,12 @@ pub static TOA_INJECT_TARGETS: HashMap<u64, InjectSpec, 65536> = HashMap::new();
 /// sockets with a target and freed with the socket.
 #[btf_map]
 pub static TOA_INJECT_STATE: SkStorage<InjectState> = SkStorage::new();
+
+/// Debug-only run statistics, index = `toa_common::opstats::slot`; written
+/// only when the loader turned them on, read by `bench/agent`. Private to
+/// one load of the object.
+#[btf_map]
+pub static TOA_OP_STATS: PerCpuArray<OpStat, { opstats::SLOTS as usize }> = PerCpuArray::new();
 
 /// The raw map pointer helpers such as `bpf_sk_storage_get` take.
 #[inline(always)]

@@ -18,9 +18,10 @@ use crate::{
 };
 
 /// Handles one getsockopt call; every call in the cgroup passes here, so
-/// anything that is not ours returns after two loads and compares.
+/// anything that is not ours returns after two loads and compares. Returns
+/// whether the call was a vendor call (answered or refused).
 #[inline(always)]
-pub fn getsockopt(ctx: &SockoptContext) {
+pub fn getsockopt(ctx: &SockoptContext) -> bool {
     let so = ctx.sockopt;
     // SAFETY: fixed-offset context reads.
     let (level, optname) = unsafe { (read_volatile(addr_of!((*so).level)), read_volatile(addr_of!((*so).optname))) };
@@ -31,7 +32,7 @@ pub fn getsockopt(ctx: &SockoptContext) {
         // cgroup (see the cgroup sockopt documentation, "Large optval").
         // SAFETY: writable context field of cgroup/getsockopt.
         unsafe { write_volatile(addr_of_mut!((*so).optlen), 0) };
-        return;
+        return false;
     }
     // SAFETY: fixed-offset context reads.
     let (sk, optval, optval_end) = unsafe {
@@ -77,7 +78,7 @@ pub fn getsockopt(ctx: &SockoptContext) {
                 unsafe { write_head::<SOCKADDR_IN_LEN>(optval, &bytes) };
             } else {
                 fail(ctx, EINVAL);
-                return;
+                return true;
             }
             // SAFETY: writable context fields of cgroup/getsockopt.
             unsafe {
@@ -88,6 +89,7 @@ pub fn getsockopt(ctx: &SockoptContext) {
         }
         Answer::Fail(errno) => fail(ctx, errno),
     }
+    true
 }
 
 // The ladder above goes from the largest answer down; every answer is one of the three sizes.
