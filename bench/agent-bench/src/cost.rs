@@ -61,10 +61,22 @@ pub fn run(lab: &Lab, o: &Options, r: &mut Report) {
         return;
     };
     let agent = lab.start_agent(false);
+    let base_agent = o.baseline.as_ref().map(|b| lab.start_agent_of(b, lab.base.path(), false));
     let on = bpf::cgroup_programs(lab.srv.path());
     let floor = bpf::cgroup_programs(lab.floor.path());
-    let targets: Vec<Target> = if lab.has_floor() { vec![Target::On, Target::Floor] } else { vec![Target::On] };
-    let progs = |t: Target| if t == Target::On { &on } else { &floor };
+    let base = bpf::cgroup_programs(lab.base.path());
+    let mut targets = vec![Target::On];
+    if base_agent.is_some() {
+        targets.push(Target::Base);
+    }
+    if lab.has_floor() {
+        targets.push(Target::Floor);
+    }
+    let progs = |t: Target| match t {
+        Target::Base => &base,
+        Target::Floor => &floor,
+        _ => &on,
+    };
     let expect = REAL_CLIENT.ip().to_string();
     let mut server = lab.multi_server("rr-server", RR_PORT, &targets, &["--expect", &expect]);
     // Warm up (caches, the first socket storage of each CPU), then reset the counts.
@@ -86,7 +98,7 @@ pub fn run(lab: &Lab, o: &Options, r: &mut Report) {
                 let after = Snapshot::take(progs(t));
                 let counts = rr_report(&mut server);
                 let (accepted, translated) = counts.get(ti).copied().unwrap_or((f64::NAN, f64::NAN));
-                let want = if case.with_option && t == Target::On { accepted } else { 0.0 };
+                let want = if case.with_option && matches!(t, Target::On | Target::Base) { accepted } else { 0.0 };
                 if translated != want || res.errors > 0.0 {
                     wrong.push(format!(
                         "{} {}: {translated} of {accepted} translated, {} errors",
@@ -123,6 +135,9 @@ pub fn run(lab: &Lab, o: &Options, r: &mut Report) {
     per_call(lab, o, r, &on, &floor);
     sizes(r, &on);
     agent.stop();
+    if let Some(a) = base_agent {
+        a.stop();
+    }
     breakdown(lab, o, r);
 }
 
@@ -156,8 +171,24 @@ fn report_per_connection(
         o.cost_rounds, o.cost_secs
     ));
     let floor_ti = targets.iter().position(|t| *t == Target::Floor);
+    let base_ti = targets.iter().position(|t| *t == Target::Base);
     for (ci, case) in CASES.iter().enumerate() {
         let Some(on) = results.get(&(ci, 0)) else { continue };
+        if let Some(base) = base_ti.and_then(|b| results.get(&(ci, b))) {
+            let b = Summary::of(&base.iter().map(|p| p.ns).collect::<Vec<_>>());
+            let diff = Summary::of(&on.iter().zip(base).map(|(a, b)| a.ns - b.ns).collect::<Vec<_>>());
+            let runs = Summary::of(&base.iter().map(|p| p.runs).collect::<Vec<_>>());
+            r.row(vec![
+                format!("{} (baseline build)", case.name),
+                "all".into(),
+                format!("{:.2}", runs.median),
+                b.show(0),
+                String::new(),
+                format!("this build − baseline, per round: {}", diff.show(0)),
+            ]);
+            r.key(&format!("baseline_ns_per_conn_{}", case.name), b.key(1));
+            r.key(&format!("vs_baseline_ns_per_conn_{}", case.name), diff.key(1));
+        }
         let total = Summary::of(&on.iter().map(|p| p.ns).collect::<Vec<_>>());
         let runs = Summary::of(&on.iter().map(|p| p.runs).collect::<Vec<_>>());
         let fl = floor_ti.and_then(|f| results.get(&(ci, f)));
@@ -299,38 +330,59 @@ fn sizes(r: &mut Report, on: &[Attached]) {
     r.after(format!("Program sizes, bytes xlated/jited: {}.", list.join(", ")));
 }
 
+/// Calls, nanoseconds and connections of one callback, summed over rounds.
+type Sums = (f64, f64, f64);
+
 /// Which callbacks a connection makes and what each costs, from the agent's
-/// debug statistics (TOA_DEBUG_OP_STATS=1).
+/// debug statistics (TOA_DEBUG_OP_STATS=1), for this build and the baseline.
 fn breakdown(lab: &Lab, o: &Options, r: &mut Report) {
-    let agent = lab.start_agent(true);
-    let progs = bpf::cgroup_programs(lab.srv.path());
-    let Some(capture) = progs.iter().find(|p| p.attach_type.contains("sock_ops")) else {
-        r.note("breakdown: no capture program attached".into());
-        agent.stop();
-        return;
-    };
+    let mut builds = vec![("", lab.toa.clone(), Target::On)];
+    if let Some(b) = &o.baseline {
+        builds.push((" (baseline build)", b.clone(), Target::Base));
+    }
+    let agents: Vec<_> = builds.iter().map(|(_, toa, t)| lab.start_agent_of(toa, lab.cgroup_of(*t), true)).collect();
+    let captures: Vec<Option<u64>> = builds
+        .iter()
+        .map(|(_, _, t)| {
+            bpf::cgroup_programs(lab.cgroup_of(*t)).iter().find(|p| p.attach_type.contains("sock_ops")).map(|p| p.id)
+        })
+        .collect();
+    let targets: Vec<Target> = builds.iter().map(|b| b.2).collect();
     let expect = REAL_CLIENT.ip().to_string();
-    let mut server = lab.multi_server("rr-server", RR_PORT + 5, &[Target::On], &["--expect", &expect]);
-    lab.rr_run(RR_PORT + 5, PARALLEL, 0.5, true);
+    let mut server = lab.multi_server("rr-server", RR_PORT + 5, &targets, &["--expect", &expect]);
+    for i in 0..targets.len() {
+        lab.rr_run(RR_PORT + 5 + i as u16, PARALLEL, 0.5, true);
+    }
     rr_report(&mut server);
-    // (case, slot) -> (calls per connection, ns per call)
-    let mut table: BTreeMap<u32, [(f64, f64); 2]> = BTreeMap::new();
-    for (ci, case) in CASES.iter().enumerate() {
-        let before = bpf::op_stats(capture.id);
-        lab.rr_run(RR_PORT + 5, PARALLEL, o.cost_secs * 2.0, case.with_option);
-        std::thread::sleep(Duration::from_millis(300));
-        let after = bpf::op_stats(capture.id);
-        let accepted = rr_report(&mut server).first().map_or(f64::NAN, |c| c.0);
-        for (slot, calls, ns) in &after {
-            let (c0, n0) = before.iter().find(|b| b.0 == *slot).map_or((0, 0), |b| (b.1, b.2));
-            let (dc, dn) = (calls - c0, ns - n0);
-            if dc > 0 {
-                table.entry(*slot).or_default()[ci] = (dc as f64 / accepted, dn as f64 / dc as f64);
+    // (build, slot) -> per case: (calls, ns, connections) summed over the rounds
+    let mut table: BTreeMap<(usize, u32), [Sums; 2]> = BTreeMap::new();
+    for _round in 0..2 {
+        for (ci, case) in CASES.iter().enumerate() {
+            for (bi, capture) in captures.iter().enumerate() {
+                let Some(capture) = *capture else { continue };
+                let before = bpf::op_stats(capture);
+                lab.rr_run(RR_PORT + 5 + bi as u16, PARALLEL, o.cost_secs, case.with_option);
+                std::thread::sleep(Duration::from_millis(300));
+                let after = bpf::op_stats(capture);
+                let accepted = rr_report(&mut server).get(bi).map_or(0.0, |c| c.0);
+                for (slot, calls, ns) in &after {
+                    let (c0, n0) = before.iter().find(|b| b.0 == *slot).map_or((0, 0), |b| (b.1, b.2));
+                    let e = &mut table.entry((bi, *slot)).or_default()[ci];
+                    e.0 += (calls - c0) as f64;
+                    e.1 += (ns - n0) as f64;
+                }
+                for ((b, _), v) in table.iter_mut() {
+                    if *b == bi {
+                        v[ci].2 += accepted;
+                    }
+                }
             }
         }
     }
     drop(server);
-    agent.stop();
+    for a in agents {
+        a.stop();
+    }
     r.section(
         "Breakdown by callback (debug statistics, TOA_DEBUG_OP_STATS=1)",
         &[
@@ -347,23 +399,42 @@ fn breakdown(lab: &Lab, o: &Options, r: &mut Report) {
          (TIMEOUT_INIT, RWND_INIT) shows what a run costs that returns at once."
             .into(),
     );
-    for (slot, v) in &table {
+    // (calls per connection, ns per call) of a summed entry.
+    let per = |x: Sums| {
+        if x.0 > 0.0 && x.2 > 0.0 { (x.0 / x.2, x.1 / x.0) } else { (0.0, 0.0) }
+    };
+    for ((bi, slot), v) in &table {
+        let (t, u) = (per(v[0]), per(v[1]));
+        if t.0 == 0.0 && u.0 == 0.0 {
+            continue;
+        }
         let name = opstats::slot_name(*slot);
-        let prog = if *slot < opstats::SOCK_OPS_SLOTS { "toa_capture" } else { "" };
+        let prog = if *slot < opstats::SOCK_OPS_SLOTS { "toa_capture: " } else { "" };
         let cell = |x: (f64, f64)| {
             if x.0 > 0.0 { (format!("{:.2}", x.0), format!("{:.0}", x.1)) } else { ("0".into(), "-".into()) }
         };
-        let (t, u) = (cell(v[0]), cell(v[1]));
-        r.row(vec![format!("{prog}{}{name}", if prog.is_empty() { "" } else { ": " }), t.0, t.1, u.0, u.1]);
-        r.key(
-            &format!("op_{}", name.replace([' ', '(', ')', '/'], "_")),
-            format!("{:.3},{:.1},{:.3},{:.1}", v[0].0, v[0].1, v[1].0, v[1].1),
-        );
+        let (tc, uc) = (cell(t), cell(u));
+        r.row(vec![format!("{prog}{name}{}", builds[*bi].0), tc.0, tc.1, uc.0, uc.1]);
+        let key = name.replace([' ', '(', ')', '/'], "_");
+        let key = if *bi == 0 { format!("op_{key}") } else { format!("baseline_op_{key}") };
+        r.key(&key, format!("{:.3},{:.1},{:.3},{:.1}", t.0, t.1, u.0, u.1));
     }
-    let per_conn = |ci: usize| table.values().map(|v| v[ci].0 * v[ci].1).sum::<f64>();
-    r.after(format!(
-        "Sum over callbacks: {:.0} ns per translated connection, {:.0} per untranslated (clock reads included).",
-        per_conn(0),
-        per_conn(1)
-    ));
+    for (bi, build) in builds.iter().enumerate() {
+        let per_conn = |ci: usize| {
+            table
+                .iter()
+                .filter(|((b, _), _)| *b == bi)
+                .map(|(_, v)| {
+                    let (c, n) = per(v[ci]);
+                    c * n
+                })
+                .sum::<f64>()
+        };
+        r.after(format!(
+            "Sum over callbacks{}: {:.0} ns per translated connection, {:.0} per untranslated (clock reads included).",
+            build.0,
+            per_conn(0),
+            per_conn(1)
+        ));
+    }
 }

@@ -11,6 +11,7 @@
 //! | `srv` | `toa agent` (when started) | listeners "on" |
 //! | `plain` | nothing | listeners "off" |
 //! | `floor` | programs that do nothing ([`crate::bpf::Floor`]) | listeners "floor" |
+//! | `base` | with `--baseline TOA`: that binary's `toa agent` | listeners "base" |
 //! | `home` | nothing | the server processes, once their listeners exist |
 //!
 //! A listener's accepted sockets belong to the listener's cgroup, whatever
@@ -46,6 +47,8 @@ pub enum Target {
     Off,
     /// Programs that do nothing attached.
     Floor,
+    /// Another build's agent attached (`--baseline`).
+    Base,
 }
 
 impl Target {
@@ -54,6 +57,7 @@ impl Target {
             Target::On => "on",
             Target::Off => "off",
             Target::Floor => "floor",
+            Target::Base => "base",
         }
     }
 }
@@ -185,6 +189,7 @@ pub struct Lab {
     pub plain: Cgroup,
     pub floor: Cgroup,
     pub home: Cgroup,
+    pub base: Cgroup,
     floor_progs: Option<Floor>,
     pub memcg: Option<Memcg>,
     pub toa: PathBuf,
@@ -208,6 +213,7 @@ impl Lab {
         let plain = Cgroup::new("toa-bench-plain");
         let floor = Cgroup::new("toa-bench-floor");
         let home = Cgroup::new("toa-bench-home");
+        let base = Cgroup::new("toa-bench-base");
         let floor_progs = match Floor::attach(floor.path()) {
             Ok(f) => Some(f),
             Err(e) => {
@@ -233,6 +239,7 @@ impl Lab {
             plain,
             floor,
             home,
+            base,
             floor_progs,
             memcg: Memcg::new(&root),
             toa: toa.to_owned(),
@@ -255,6 +262,7 @@ impl Lab {
             Target::On => self.srv.path(),
             Target::Off => self.plain.path(),
             Target::Floor => self.floor.path(),
+            Target::Base => self.base.path(),
         }
     }
 
@@ -304,15 +312,20 @@ impl Lab {
     }
 
     pub fn start_agent(&self, op_stats: bool) -> Agent {
+        self.start_agent_of(&self.toa, self.srv.path(), op_stats)
+    }
+
+    /// `toa agent` of binary `toa` attached to `cgroup`.
+    pub fn start_agent_of(&self, toa: &Path, cgroup: &Path, op_stats: bool) -> Agent {
         let pins = PathBuf::from(format!("/sys/fs/bpf/{}", unique_name("toa-bench", 40)));
         let memcg = self.memcg.as_ref().map(Memcg::path);
-        let mut cmd = command_in(None, memcg, &self.toa);
-        cmd.arg("agent").arg("--cgroup").arg(self.srv.path()).arg("--pin-dir").arg(&pins);
+        let mut cmd = command_in(None, memcg, toa);
+        cmd.arg("agent").arg("--cgroup").arg(cgroup).arg("--pin-dir").arg(&pins);
         cmd.args(["--metrics-listen", ""]);
         cmd.env("TOA_DEBUG_OP_STATS", if op_stats { "1" } else { "0" });
         let mut proc = spawn(cmd);
         proc.wait_for_line(Stream::Stderr, |l| l.contains("agent ready"), READY);
-        Agent { proc, pins, toa: self.toa.clone() }
+        Agent { proc, pins, toa: toa.to_owned() }
     }
 
     /// One run of the short-connection client against `port` for `secs`.

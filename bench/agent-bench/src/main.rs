@@ -58,6 +58,7 @@ pub struct Options {
     phases: Vec<String>,
     scale: Option<u32>,
     toa: PathBuf,
+    baseline: Option<PathBuf>,
 }
 
 const PHASES: [&str; 5] = ["cost", "cps", "hooks", "memory", "perf"];
@@ -66,8 +67,10 @@ const USAGE: &str = "usage: bench-agent [--only cost,cps,hooks,memory,perf] [--l
                    [--rounds N] [--round-secs S] [--parallel 1,4,32]
                    [--cost-rounds N] [--cost-secs S] [--hook-rounds N]
                    [--iters N] [--syscall-rounds N] [--conns N] [--perf-secs S]
-                   [--scale N] [--toa PATH]
+                   [--scale N] [--toa PATH] [--baseline PATH]
   --long      three times the rounds of every phase (about 25 minutes)
+  --baseline  another build's toa binary: the cost phase runs its agent too, in
+              its own cgroup, and alternates rounds between the two
   --scale N   only: N concurrent translated connections (1000000 needs ~12 GiB free)";
 
 fn usage(msg: &str) -> ! {
@@ -91,6 +94,7 @@ fn parse_options(args: &[String]) -> Options {
         phases: PHASES.map(String::from).to_vec(),
         scale: None,
         toa: exe.with_file_name("toa"),
+        baseline: None,
     };
     let mut only = false;
     let mut it = args.iter();
@@ -121,6 +125,7 @@ fn parse_options(args: &[String]) -> Options {
             }
             "--scale" => o.scale = Some(val().parse().unwrap_or_else(|_| bad(a))),
             "--toa" => o.toa = PathBuf::from(val()),
+            "--baseline" => o.baseline = Some(PathBuf::from(val())),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0)
@@ -151,6 +156,9 @@ fn main() {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         usage("must run as root (namespaces, cgroups, BPF); try: sudo bench/agent");
+    }
+    if let Some(b) = opts.baseline.as_ref().filter(|b| !b.exists()) {
+        usage(&format!("no baseline toa binary at {}", b.display()));
     }
     if !opts.toa.exists() {
         usage(&format!("no toa binary at {} (build it, or pass --toa)", opts.toa.display()));
