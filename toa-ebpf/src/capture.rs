@@ -290,6 +290,14 @@ fn store(ops: &Ops, client: &ClientAddr, from: u8) {
     }
 }
 
+/// The connection reached CLOSE: count the record released and empty it.
+///
+/// The record's memory stays with the socket until the kernel frees both
+/// (`bpf_sk_storage_free` in the socket's destructor): deleting it here would
+/// do the same work one callback earlier, through the slower RCU-tasks-trace
+/// path of `bpf_sk_storage_delete`. Emptying it (family 0) keeps a socket
+/// that is reused for another connection (after `connect(AF_UNSPEC)`) from
+/// showing the old client, and a second CLOSE from counting it twice.
 fn on_state_change(ops: &Ops) {
     if ops.arg1() != BPF_TCP_CLOSE {
         return;
@@ -297,10 +305,10 @@ fn on_state_change(ops: &Ops) {
     let Some(rec) = ops.storage::<PeerRecord>(raw(&TOA_PEERS), false) else {
         return;
     };
-    // SAFETY: socket storage of our socket.
-    let family = unsafe { (*rec).family };
-    if let Some(counters) = capture::released(family) {
+    // SAFETY: socket storage of our socket, which is locked while we run.
+    let rec = unsafe { &mut *rec };
+    if let Some(counters) = capture::released(rec.family) {
         count_all(&counters);
-        ops.delete_storage(raw(&TOA_PEERS));
+        rec.family = 0;
     }
 }

@@ -14,8 +14,9 @@ use toa_common::{
 };
 
 /// Real client per socket. Written by `toa_capture` when an accepted option
-/// arrives; read by the getpeername programs and `toa table`; deleted by
-/// `toa_capture` when the connection reaches CLOSE (or freed with the socket).
+/// arrives; read by the getpeername and getsockopt programs and `toa table`;
+/// emptied (family 0) by `toa_capture` when the connection reaches CLOSE;
+/// freed by the kernel with the socket.
 #[btf_map]
 pub static TOA_PEERS: SkStorage<PeerRecord> = SkStorage::new();
 
