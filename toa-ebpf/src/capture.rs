@@ -34,6 +34,8 @@ const SOL_TCP: i32 = 6;
 const TCP_SAVE_SYN: i32 = 27;
 /// `TCP_BPF_SYN`: bpf_getsockopt of the saved SYN's TCP header.
 const TCP_BPF_SYN: i32 = 1005;
+/// Nanoseconds per second.
+const NS_PER_SEC: u64 = 1_000_000_000;
 /// Offset of the byte whose upper four bits are the TCP data offset.
 const TCP_DOFF_BYTE: usize = 12;
 /// Bytes per unit of the data offset (32-bit words).
@@ -277,8 +279,8 @@ fn store(ops: &Ops, client: &ClientAddr, from: u8) {
                 Stored::AlreadyHeld
             } else {
                 // SAFETY: plain helper call.
-                let now = unsafe { bpf_ktime_get_boot_ns() };
-                *rec = capture::record(client, transport_port, from, now);
+                let now_s = (unsafe { bpf_ktime_get_boot_ns() } / NS_PER_SEC) as u32;
+                *rec = capture::record(client, transport_port, from, now_s);
                 Stored::New(client.family)
             }
         }
