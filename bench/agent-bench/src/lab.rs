@@ -241,7 +241,7 @@ impl Lab {
             home,
             base,
             floor_progs,
-            memcg: Memcg::new(&root),
+            memcg: if std::env::var_os("TOA_BENCH_NO_MEMCG").is_some() { None } else { Memcg::new(&root) },
             toa: toa.to_owned(),
             exe: std::env::current_exe().expect("current exe"),
             injector: std::cell::RefCell::new(injector),
