@@ -80,6 +80,7 @@ pub fn run(name: &str, args: &Args) {
         "rr-server" => rr_server(args),
         "rr-client" => rr_client(args),
         "syscall-server" => syscall_server(args),
+        "sockopt-loop" => sockopt_loop(args),
         "hold-client" => hold_client(args),
         "hold-server" => hold_server(args),
         "open-client" => open_client(args),
@@ -376,6 +377,48 @@ fn syscall_server(args: &Args) -> io::Result<()> {
     say("done");
     // Keep the sockets until the orchestrator stops us.
     let _ = stdin_line();
+    Ok(())
+}
+
+/// Accepts one connection on each listener of `--cgroups` (see
+/// [`listeners_in_cgroups`]), says `accepted`, then on every `loop K SECS`
+/// line calls `getsockopt(SO_RCVBUF)` on socket K for SECS seconds (what a
+/// profile of the pass-through watches) and says `done N` (calls made).
+fn sockopt_loop(args: &Args) -> io::Result<()> {
+    let lsts = listeners_in_cgroups(args, false)?;
+    say("listening");
+    let mut fds = Vec::new();
+    for &l in &lsts {
+        let fd = loop {
+            if let Some((fd, _)) = net::accept(l)? {
+                break fd;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        fds.push(fd);
+    }
+    say("accepted");
+    while let Some(line) = stdin_line() {
+        let mut f = line.split_whitespace();
+        if f.next() != Some("loop") {
+            continue;
+        }
+        let k: usize = f.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+        let secs: f64 = f.next().and_then(|x| x.parse().ok()).unwrap_or(1.0);
+        let fd = fds[k.min(fds.len() - 1)];
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        let mut n = 0u64;
+        let mut small: libc::c_int = 0;
+        while Instant::now() < end {
+            for _ in 0..1000 {
+                let mut len = net::len_of::<libc::c_int>();
+                // SAFETY: valid out buffer of the announced size.
+                unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw mut small).cast(), &mut len) };
+            }
+            n += 1000;
+        }
+        say(&format!("done {n}"));
+    }
     Ok(())
 }
 
