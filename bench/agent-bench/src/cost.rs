@@ -133,7 +133,10 @@ pub fn run(lab: &Lab, o: &Options, r: &mut Report) {
         r.note(format!("cost: unexpected outcomes: {wrong:?}"));
     }
     per_call(lab, o, r, &on, &floor);
-    sizes(r, &on);
+    sizes(r, &on, "");
+    if base_agent.is_some() {
+        sizes(r, &base, "baseline_");
+    }
     agent.stop();
     if let Some(a) = base_agent {
         a.stop();
@@ -318,16 +321,17 @@ fn per_call(lab: &Lab, o: &Options, r: &mut Report, on: &[Attached], floor: &[At
 }
 
 /// Program sizes: what the verifier left (xlated) and the JIT made.
-fn sizes(r: &mut Report, on: &[Attached]) {
+fn sizes(r: &mut Report, on: &[Attached], prefix: &str) {
     let list: Vec<String> = on
         .iter()
         .map(|p| {
             let (x, j, _) = bpf::prog_info(p.id);
-            r.key(&format!("prog_size_{}", p.name), format!("{x},{j}"));
+            r.key(&format!("{prefix}prog_size_{}", p.name), format!("{x},{j}"));
             format!("{} {x}/{j}", p.name)
         })
         .collect();
-    r.after(format!("Program sizes, bytes xlated/jited: {}.", list.join(", ")));
+    let whose = if prefix.is_empty() { "" } else { " (baseline build)" };
+    r.after(format!("Program sizes{whose}, bytes xlated/jited: {}.", list.join(", ")));
 }
 
 /// Calls, nanoseconds and connections of one callback, summed over rounds.
