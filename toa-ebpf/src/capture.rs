@@ -14,7 +14,7 @@ use toa_common::{
     capture::{self, Handshake, Later, Outcome, Packet, Stored, Syn, packet_needs_scan},
     config::{CAPTURE_DATA, CAPTURE_SYN, PORT_FILTER, ReceiverConfig, TRUST_ALL},
     counters::Tally,
-    option::{ClientAddr, MAX_OPTIONS_LEN, OPTION_BUF_LEN, Scan, scan_options},
+    option::{ClientAddr, MAX_OPTIONS_LEN, OPTION_BUF_LEN, Scan, only_timestamps, scan_options},
     peer::source,
     segment::TCP_HEADER_LEN,
     trust::{KEY_BITS, peer_key},
@@ -135,7 +135,11 @@ fn on_passive_established(ops: &Ops) {
     let mut buf = [0u8; OPTION_BUF_LEN];
     let len = copy_options(ops, &mut buf);
     let mut ack_client = ClientAddr::EMPTY;
-    let ack = scan(&buf, len, cfg, false, &mut ack_client);
+    let ack = if only_timestamps(&buf, len, &cfg.formats) {
+        Scan::None
+    } else {
+        scan(&buf, len, cfg, false, &mut ack_client)
+    };
     let mut facts = Handshake {
         syn,
         syn_client: &syn_client,
