@@ -68,7 +68,7 @@ const USAGE: &str = "usage: bench-agent [--only cost,cps,hooks,memory,perf] [--l
                    [--cost-rounds N] [--cost-secs S] [--hook-rounds N]
                    [--iters N] [--syscall-rounds N] [--conns N] [--perf-secs S]
                    [--scale N] [--toa PATH] [--baseline PATH]
-  --long      three times the rounds of every phase (about 25 minutes)
+  --long      three times the rounds of every phase (about 15 minutes on 2 CPUs)
   --baseline  another build's toa binary: the cost phase runs its agent too, in
               its own cgroup, and alternates rounds between the two
   --scale N   only: N concurrent translated connections (1000000 needs ~12 GiB free)";

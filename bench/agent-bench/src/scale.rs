@@ -11,6 +11,10 @@ use crate::lab::{Lab, meminfo};
 use crate::report::Report;
 
 const PORT: u16 = 5008;
+/// Below this much available memory the run stops opening connections and
+/// reports how far it got: on a shared machine the kernel would otherwise
+/// reclaim from, or kill, other people's processes.
+const MEM_RESERVE: u64 = 3 << 30;
 
 /// Raises a sysctl to at least `min` while this lives, then restores it.
 struct AtLeast {
@@ -56,6 +60,7 @@ pub fn run(lab: &Lab, n: u32, r: &mut Report) {
     let mut samples: Vec<(f64, f64)> = Vec::new();
     let mut next_mark = 0.1;
     let deadline = Instant::now() + Duration::from_secs(3600);
+    let mut low_memory = None;
     let c = loop {
         let c = counts(&mut servers);
         if c[1] + c[2] >= nf * next_mark {
@@ -67,7 +72,11 @@ pub fn run(lab: &Lab, n: u32, r: &mut Report) {
         let finished = clients
             .iter_mut()
             .all(|p| p.try_wait().is_some() || p.lines_so_far(Stream::Stdout).iter().any(|l| l.starts_with("open ")));
-        if c[1] + c[2] >= nf || Instant::now() > deadline || finished {
+        let avail = meminfo("MemAvailable");
+        if avail < MEM_RESERVE {
+            low_memory = Some((c[1] + c[2], avail));
+        }
+        if c[1] + c[2] >= nf || Instant::now() > deadline || finished || low_memory.is_some() {
             // The last handshakes may still be on their way to the servers.
             std::thread::sleep(Duration::from_millis(1000));
             break counts(&mut servers);
@@ -148,5 +157,13 @@ pub fn run(lab: &Lab, n: u32, r: &mut Report) {
     r.key("scale_linearity", lin.join(","));
     if !errs.is_empty() {
         r.note(format!("scale: client errors: {errs:?}"));
+    }
+    if let Some((got, avail)) = low_memory {
+        r.note(format!(
+            "scale: stopped opening at {got} connections of {n}: MemAvailable fell to {} MiB (reserve {} MiB)",
+            avail >> 20,
+            MEM_RESERVE >> 20
+        ));
+        r.key("scale_stopped_low_memory_at", got);
     }
 }
