@@ -117,14 +117,29 @@ pub fn run(lab: &Lab, n: u32, r: &mut Report) {
         &format!("Scale: {n} concurrent translated connections, each its own real client"),
         &["measure", "value"],
     );
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").unwrap_or_default();
     r.intro(format!(
-        "{procs} client and {procs} server processes (≤ {} connections each; RLIMIT_NOFILE raised to \
-         fs.nr_open), every server checking getpeername() of each connection against the client its index \
-         names.",
-        per_proc()
+        "{procs} client and {procs} server processes (≤ {} connections each: RLIMIT_NOFILE {} here, fs.nr_open \
+         {}; a hard limit below fs.nr_open means raising it was refused, which takes CAP_SYS_RESOURCE), every \
+         server checking getpeername() of each connection against the client its index names.",
+        per_proc(),
+        lim.rlim_cur,
+        nr_open.trim()
     ));
     r.row(vec!["verified / wrong".into(), format!("{} / {}", c[1], c[2])]);
-    r.row(vec!["time to open / to close".into(), format!("{up:.1} s / {down:.1} s ({open_lines:?})")]);
+    // Each client says `open N errors E` when it has made its connections.
+    let field = |l: &String, k: usize| l.split_whitespace().nth(k).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let (opened, open_errors) = open_lines.iter().fold((0, 0), |(o, e), l| (o + field(l, 1), e + field(l, 3)));
+    r.row(vec![
+        "time to open / to close".into(),
+        format!(
+            "{up:.1} s / {down:.1} s ({} of {procs} clients done: {opened} opened, {open_errors} errors)",
+            open_lines.len()
+        ),
+    ]);
     r.row(vec!["stored entries while open (alloc − free)".into(), live.to_string()]);
     r.row(vec!["agent memcg kernel memory per connection".into(), format!("{per:.1} B")]);
     r.row(vec!["B/conn at each tenth (linearity)".into(), lin.join(" ")]);
