@@ -71,7 +71,7 @@ const USAGE: &str = "usage: bench-agent [--only cost,cps,hooks,memory,perf] [--l
   --long      three times the rounds of every phase (about 15 minutes on 2 CPUs)
   --baseline  another build's toa binary: the cost phase runs its agent too, in
               its own cgroup, and alternates rounds between the two
-  --scale N   only: N concurrent translated connections (1000000 needs ~12 GiB free)";
+  --scale N   only: N concurrent translated connections (1000000 takes ~8 GiB on one host)";
 
 fn usage(msg: &str) -> ! {
     eprintln!("bench-agent: {msg}\n{USAGE}");
