@@ -220,21 +220,21 @@ pub fn packet(p: &Packet) -> Outcome {
     out
 }
 
-/// The record stored for `client`, taken from packet `from` at `stored_ns`.
+/// The record stored for `client`, taken from packet `from` at `stored_s`
+/// (seconds since boot).
 ///
 /// An option without a port (Alibaba CDN's 28/7 and 28/19, or port 0) keeps
 /// the connection's transport port, as Alibaba's module does (it replaces
 /// only the address): port 0 is never a usable peer port.
 #[inline(always)]
-pub fn record(client: &ClientAddr, transport_port: [u8; 2], from: u8, stored_ns: u64) -> PeerRecord {
+pub fn record(client: &ClientAddr, transport_port: [u8; 2], from: u8, stored_s: u32) -> PeerRecord {
     PeerRecord {
         addr: client.addr,
         port: if client.port == [0, 0] { transport_port } else { client.port },
         family: client.family as u8,
         kind: client.kind,
         source: from,
-        _pad: [0; 3],
-        stored_ns,
+        stored: PeerRecord::stored_at(stored_s),
     }
 }
 
@@ -631,12 +631,11 @@ mod tests {
         assert_eq!(r.port, C1.port, "the option's port");
         assert_eq!(r.addr, C1.addr);
         assert_eq!(r.family(), Some(Family::V4));
-        assert_eq!((r.kind, r.source, r.stored_ns), (254, source::ACK, 77));
+        assert_eq!((r.kind, r.source, r.stored_s()), (254, source::ACK, 77));
         let cdn = ClientAddr { kind: 28, family: Family::V6, addr: [0x20; 16], port: [0, 0] };
         let r = record(&cdn, transport, source::SYN, 1);
         assert_eq!(r.port, transport, "no port in the option: the transport port");
         assert_eq!(r.family(), Some(Family::V6));
-        assert_eq!(r._pad, [0; 3]);
     }
 
     #[test]

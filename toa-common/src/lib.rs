@@ -13,6 +13,7 @@ pub mod counters;
 pub mod format;
 pub mod inject;
 pub mod lb;
+pub mod opstats;
 pub mod option;
 pub mod peer;
 pub mod segment;
@@ -56,4 +57,6 @@ pub mod maps {
     pub const INJECT_TARGETS: &str = "TOA_INJECT_TARGETS";
     /// Per-socket writer state ([`crate::inject::InjectState`]).
     pub const INJECT_STATE: &str = "TOA_INJECT_STATE";
+    /// Debug-only run statistics per callback ([`crate::opstats`]).
+    pub const OP_STATS: &str = "TOA_OP_STATS";
 }

@@ -84,6 +84,36 @@ pub fn parse_options(buf: &[u8; OPTION_BUF_LEN], len: usize, formats: &Formats, 
     }
 }
 
+/// Kind of the Timestamps option (RFC 7323).
+pub const TCPOPT_TIMESTAMPS: u8 = 8;
+/// Length of the Timestamps option.
+pub const TIMESTAMPS_LEN: u8 = 10;
+/// How Linux lays out the options of a segment that carries only timestamps:
+/// two NOPs, then the Timestamps option (12 bytes in all).
+pub const TIMESTAMPS_ONLY: [u8; 4] = [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMPS, TIMESTAMPS_LEN];
+/// Bytes of options that hold only NOP, NOP, Timestamps.
+pub const TIMESTAMPS_ONLY_LEN: usize = 12;
+
+/// Whether the `len` bytes of options in `buf` are NOP, NOP, Timestamps and
+/// nothing else — the handshake ACK of almost every Linux client without an
+/// option of ours — while no format of the Timestamps' kind is configured.
+/// Nothing else fits in those 12 bytes, so [`scan_options`] would find
+/// nothing (not even a malformed option of a known kind): the eBPF program
+/// skips the scan for them.
+#[inline(always)]
+pub fn only_timestamps(buf: &[u8; OPTION_BUF_LEN], len: usize, formats: &Formats) -> bool {
+    len == TIMESTAMPS_ONLY_LEN
+        && buf[0] == TIMESTAMPS_ONLY[0]
+        && buf[1] == TIMESTAMPS_ONLY[1]
+        && buf[2] == TIMESTAMPS_ONLY[2]
+        && buf[3] == TIMESTAMPS_ONLY[3]
+        && !formats.knows_kind(TCPOPT_TIMESTAMPS)
+}
+
+// No accepted shape has the Timestamps option's length, which is what makes
+// skipping the scan for [`only_timestamps`] options exact.
+const _: () = assert!(crate::format::Shape::from_len(TIMESTAMPS_LEN as usize).is_none());
+
 /// [`parse_options`] with plain types only (a fieldless result and an out
 /// parameter), as the eBPF programs call it.
 ///
@@ -525,5 +555,53 @@ mod tests {
             );
         }
         assert_eq!(&encode(254, Shape::PortV4, &a4, PORT).0[..8], &opt4(254));
+    }
+
+    #[test]
+    fn timestamps_only_options_are_recognised_and_hold_nothing_for_other_kinds() {
+        let ts = [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMPS, TIMESTAMPS_LEN, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 7];
+        let (buf, len) = cat(&[&ts]);
+        assert!(only_timestamps(&buf, len, &Formats::default_table()));
+        // Every kind but the Timestamps' accepted with every shape: the scan finds nothing either.
+        let mut all = Formats::EMPTY;
+        for kind in (2..=255u8).filter(|k| *k != TCPOPT_TIMESTAMPS) {
+            for shape in crate::format::Shape::ALL {
+                all.insert(Format { kind, shape });
+            }
+        }
+        assert!(only_timestamps(&buf, len, &all));
+        let mut out = ClientAddr::EMPTY;
+        assert_eq!(scan_options(&buf, len, &all, false, &mut out), Scan::None);
+        assert_eq!(scan_options(&buf, len, &all, true, &mut out), Scan::None);
+    }
+
+    #[test]
+    fn timestamps_are_scanned_when_their_kind_is_a_configured_format() {
+        let ts = [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMPS, TIMESTAMPS_LEN, 1, 2, 3, 4, 5, 6, 7, 8];
+        let (buf, len) = cat(&[&ts]);
+        let formats = Formats::from_list(&[Format::new(TCPOPT_TIMESTAMPS, 8).expect("8/8 is a format")]);
+        assert!(!only_timestamps(&buf, len, &formats));
+        // What the scan says then: a known kind with a length no configured shape has.
+        let mut out = ClientAddr::EMPTY;
+        assert_eq!(scan_options(&buf, len, &formats, false, &mut out), Scan::Malformed);
+    }
+
+    #[test]
+    fn options_that_are_not_exactly_timestamps_are_scanned() {
+        let f = Formats::default_table();
+        let ts = [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMPS, TIMESTAMPS_LEN, 1, 2, 3, 4, 5, 6, 7, 8];
+        // Timestamps then a TOA option (a translated connection's ACK).
+        let (buf, len) = cat(&[&ts, &opt4(254)]);
+        assert!(!only_timestamps(&buf, len, &f));
+        // 12 bytes of other layouts.
+        let (buf, len) = cat(&[&opt4(254), &[TCPOPT_NOP; 4]]);
+        assert!(!only_timestamps(&buf, len, &f));
+        let (buf, len) = cat(&[&[TCPOPT_TIMESTAMPS, TIMESTAMPS_LEN, 1, 2, 3, 4, 5, 6, 7, 8, TCPOPT_NOP, TCPOPT_NOP]]);
+        assert!(!only_timestamps(&buf, len, &f));
+        // The timestamps' head with other lengths.
+        let (buf, _) = cat(&[&ts]);
+        for other in [0, 4, 8, 16, 20, 40] {
+            assert!(!only_timestamps(&buf, other, &f), "length {other}");
+        }
     }
 }

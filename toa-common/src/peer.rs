@@ -39,18 +39,42 @@ pub struct PeerRecord {
     pub kind: u8,
     /// Packet it came from (see [`source`]).
     pub source: u8,
-    /// Explicit padding.
-    pub _pad: [u8; 3],
-    /// `bpf_ktime_get_boot_ns()` when it was stored.
-    pub stored_ns: u64,
+    /// When it was stored: seconds since boot (`bpf_ktime_get_boot_ns()`),
+    /// modulo 2^24 (194 days), little endian; see [`PeerRecord::stored_s`].
+    pub stored: [u8; 3],
 }
 
-const _: () = assert!(core::mem::size_of::<PeerRecord>() == 32);
+/// 24 bytes: behind the kernel's 72-byte element header (5.10 to 6.18) an
+/// element of socket storage fits kmalloc-96; 25 to 56 bytes would take
+/// kmalloc-128 (32 bytes more per connection).
+const _: () = assert!(core::mem::size_of::<PeerRecord>() == 24);
+
+/// The range of [`PeerRecord::stored`]: 2^24 seconds (194 days).
+pub const STORED_WRAP_S: u32 = 1 << 24;
 
 impl PeerRecord {
     /// An empty record.
     pub const EMPTY: PeerRecord =
-        PeerRecord { addr: [0; 16], port: [0; 2], family: 0, kind: 0, source: 0, _pad: [0; 3], stored_ns: 0 };
+        PeerRecord { addr: [0; 16], port: [0; 2], family: 0, kind: 0, source: 0, stored: [0; 3] };
+
+    /// `stored` for `secs` seconds since boot (taken modulo [`STORED_WRAP_S`]).
+    #[inline(always)]
+    pub const fn stored_at(secs: u32) -> [u8; 3] {
+        let b = secs.to_le_bytes();
+        [b[0], b[1], b[2]]
+    }
+
+    /// Seconds since boot when it was stored, modulo [`STORED_WRAP_S`].
+    pub fn stored_s(&self) -> u32 {
+        u32::from_le_bytes([self.stored[0], self.stored[1], self.stored[2], 0])
+    }
+
+    /// How long ago it was stored, `now_s` being seconds since boot. Exact
+    /// for records younger than 194 days; older ones show their age modulo
+    /// that.
+    pub fn age_s(&self, now_s: u64) -> u32 {
+        ((now_s as u32).wrapping_sub(self.stored_s())) % STORED_WRAP_S
+    }
 
     /// The record's family, if it holds an address.
     #[inline(always)]
@@ -118,6 +142,17 @@ mod tests {
         assert_eq!(bytes, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 203, 0, 113, 7]);
         assert_eq!(r.port(), 4242);
         assert_eq!(u16::from_be(r.port_be() as u16), 4242);
+    }
+
+    #[test]
+    fn the_time_of_storing_wraps_after_194_days() {
+        let mut r = PeerRecord::EMPTY;
+        r.stored = PeerRecord::stored_at(1_000);
+        assert_eq!((r.stored_s(), r.age_s(1_012)), (1_000, 12));
+        // Stored shortly before the 24-bit counter wraps, read shortly after.
+        r.stored = PeerRecord::stored_at(STORED_WRAP_S * 3 - 5);
+        assert_eq!(r.age_s(u64::from(STORED_WRAP_S) * 3 + 7), 12);
+        assert_eq!(r.stored_s(), STORED_WRAP_S - 5);
     }
 
     #[test]

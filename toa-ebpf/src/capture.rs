@@ -14,7 +14,7 @@ use toa_common::{
     capture::{self, Handshake, Later, Outcome, Packet, Stored, Syn, packet_needs_scan},
     config::{CAPTURE_DATA, CAPTURE_SYN, PORT_FILTER, ReceiverConfig, TRUST_ALL},
     counters::Tally,
-    option::{ClientAddr, MAX_OPTIONS_LEN, OPTION_BUF_LEN, Scan, scan_options},
+    option::{ClientAddr, MAX_OPTIONS_LEN, OPTION_BUF_LEN, Scan, only_timestamps, scan_options},
     peer::source,
     segment::TCP_HEADER_LEN,
     trust::{KEY_BITS, peer_key},
@@ -34,6 +34,8 @@ const SOL_TCP: i32 = 6;
 const TCP_SAVE_SYN: i32 = 27;
 /// `TCP_BPF_SYN`: bpf_getsockopt of the saved SYN's TCP header.
 const TCP_BPF_SYN: i32 = 1005;
+/// Nanoseconds per second.
+const NS_PER_SEC: u64 = 1_000_000_000;
 /// Offset of the byte whose upper four bits are the TCP data offset.
 const TCP_DOFF_BYTE: usize = 12;
 /// Bytes per unit of the data offset (32-bit words).
@@ -72,10 +74,10 @@ fn scan(buf: &[u8; OPTION_BUF_LEN], len: usize, cfg: &ReceiverConfig, in_syn: bo
     }
 }
 
-/// Dispatches the callbacks the receiver handles.
+/// Dispatches the callbacks the receiver handles; `op` is `ops.op()`.
 #[inline(always)]
-pub fn on_sock_op(ops: &Ops) {
-    match ops.op() {
+pub fn on_sock_op(ops: &Ops, op: u32) {
+    match op {
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(ops),
         BPF_SOCK_OPS_PARSE_HDR_OPT_CB => on_packet(ops),
         BPF_SOCK_OPS_STATE_CB => on_state_change(ops),
@@ -135,7 +137,11 @@ fn on_passive_established(ops: &Ops) {
     let mut buf = [0u8; OPTION_BUF_LEN];
     let len = copy_options(ops, &mut buf);
     let mut ack_client = ClientAddr::EMPTY;
-    let ack = scan(&buf, len, cfg, false, &mut ack_client);
+    let ack = if only_timestamps(&buf, len, &cfg.formats) {
+        Scan::None
+    } else {
+        scan(&buf, len, cfg, false, &mut ack_client)
+    };
     let mut facts = Handshake {
         syn,
         syn_client: &syn_client,
@@ -279,8 +285,8 @@ fn store(ops: &Ops, client: &ClientAddr, from: u8) {
                 Stored::AlreadyHeld
             } else {
                 // SAFETY: plain helper call.
-                let now = unsafe { bpf_ktime_get_boot_ns() };
-                *rec = capture::record(client, transport_port, from, now);
+                let now_s = (unsafe { bpf_ktime_get_boot_ns() } / NS_PER_SEC) as u32;
+                *rec = capture::record(client, transport_port, from, now_s);
                 Stored::New(client.family)
             }
         }
@@ -292,6 +298,14 @@ fn store(ops: &Ops, client: &ClientAddr, from: u8) {
     }
 }
 
+/// The connection reached CLOSE: count the record released and empty it.
+///
+/// The record's memory stays with the socket until the kernel frees both
+/// (`bpf_sk_storage_free` in the socket's destructor): deleting it here would
+/// do the same work one callback earlier, through the slower RCU-tasks-trace
+/// path of `bpf_sk_storage_delete`. Emptying it (family 0) keeps a socket
+/// that is reused for another connection (after `connect(AF_UNSPEC)`) from
+/// showing the old client, and a second CLOSE from counting it twice.
 fn on_state_change(ops: &Ops) {
     if ops.arg1() != BPF_TCP_CLOSE {
         return;
@@ -299,10 +313,10 @@ fn on_state_change(ops: &Ops) {
     let Some(rec) = ops.storage::<PeerRecord>(raw(&TOA_PEERS), false) else {
         return;
     };
-    // SAFETY: socket storage of our socket.
-    let family = unsafe { (*rec).family };
-    if let Some(counters) = capture::released(family) {
+    // SAFETY: socket storage of our socket, which is locked while we run.
+    let rec = unsafe { &mut *rec };
+    if let Some(counters) = capture::released(rec.family) {
         count_all(&counters);
-        ops.delete_storage(raw(&TOA_PEERS));
+        rec.family = 0;
     }
 }

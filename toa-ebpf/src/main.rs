@@ -30,6 +30,8 @@ mod iter;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod op_stats;
+#[cfg(target_arch = "bpf")]
 mod present;
 #[cfg(target_arch = "bpf")]
 mod sock_ops;
@@ -43,7 +45,9 @@ mod entry {
         programs::{SockAddrContext, SockOpsContext, SockoptContext},
     };
 
-    use crate::{capture, inject, present, sock_ops::Ops, sockopt};
+    use toa_common::opstats;
+
+    use crate::{capture, inject, op_stats, present, sock_ops::Ops, sockopt};
 
     /// sock_ops verdict: carry on.
     const SOCK_OPS_OK: u32 = 1;
@@ -52,7 +56,11 @@ mod entry {
 
     #[sock_ops]
     pub fn toa_capture(ctx: SockOpsContext) -> u32 {
-        capture::on_sock_op(&Ops::new(&ctx));
+        let t0 = op_stats::start();
+        let ops = Ops::new(&ctx);
+        let op = ops.op();
+        capture::on_sock_op(&ops, op);
+        op_stats::finish(opstats::slot(op), t0);
         SOCK_OPS_OK
     }
 
@@ -64,19 +72,25 @@ mod entry {
 
     #[cgroup_sock_addr(getpeername4)]
     pub fn toa_getpeername4(ctx: SockAddrContext) -> i32 {
+        let t0 = op_stats::start();
         present::getpeername4(&ctx);
+        op_stats::finish(opstats::GETPEERNAME4, t0);
         ALLOW
     }
 
     #[cgroup_sock_addr(getpeername6)]
     pub fn toa_getpeername6(ctx: SockAddrContext) -> i32 {
+        let t0 = op_stats::start();
         present::getpeername6(&ctx);
+        op_stats::finish(opstats::GETPEERNAME6, t0);
         ALLOW
     }
 
     #[cgroup_sockopt(getsockopt)]
     pub fn toa_getsockopt(ctx: SockoptContext) -> i32 {
-        sockopt::getsockopt(&ctx);
+        let t0 = op_stats::start();
+        let slot = if sockopt::getsockopt(&ctx) { opstats::GETSOCKOPT_VENDOR } else { opstats::GETSOCKOPT_PASS };
+        op_stats::finish(slot, t0);
         ALLOW
     }
 

@@ -9,12 +9,14 @@ use toa_common::{
     config::{PortSet, ReceiverConfig, SLOTS},
     counters::COUNTER_COUNT,
     inject::{InjectSpec, InjectState},
+    opstats::{self, OpStat},
     trust::{TRUST_ENTRIES, TrustKey},
 };
 
 /// Real client per socket. Written by `toa_capture` when an accepted option
-/// arrives; read by the getpeername programs and `toa table`; deleted by
-/// `toa_capture` when the connection reaches CLOSE (or freed with the socket).
+/// arrives; read by the getpeername and getsockopt programs and `toa table`;
+/// emptied (family 0) by `toa_capture` when the connection reaches CLOSE;
+/// freed by the kernel with the socket.
 #[btf_map]
 pub static TOA_PEERS: SkStorage<PeerRecord> = SkStorage::new();
 
@@ -58,6 +60,12 @@ pub static TOA_INJECT_TARGETS: HashMap<u64, InjectSpec, 65536> = HashMap::new();
 /// sockets with a target and freed with the socket.
 #[btf_map]
 pub static TOA_INJECT_STATE: SkStorage<InjectState> = SkStorage::new();
+
+/// Debug-only run statistics, index = `toa_common::opstats::slot`; written
+/// only when the loader turned them on, read by `bench/agent`. Private to
+/// one load of the object.
+#[btf_map]
+pub static TOA_OP_STATS: PerCpuArray<OpStat, { opstats::SLOTS as usize }> = PerCpuArray::new();
 
 /// The raw map pointer helpers such as `bpf_sk_storage_get` take.
 #[inline(always)]

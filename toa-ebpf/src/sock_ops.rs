@@ -8,7 +8,7 @@ use core::ptr::{addr_of, read_volatile};
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_ops},
-    helpers::generated::{bpf_sk_storage_delete, bpf_sk_storage_get, bpf_sock_ops_cb_flags_set},
+    helpers::generated::{bpf_sk_storage_get, bpf_sock_ops_cb_flags_set},
     programs::SockOpsContext,
 };
 
@@ -119,14 +119,5 @@ impl Ops {
         // SAFETY: `sk` is a non-null socket from the context.
         let p = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), flags) };
         if p.is_null() { None } else { Some(p.cast()) }
-    }
-
-    /// Deletes the socket's storage in `map`.
-    #[inline(always)]
-    pub fn delete_storage(&self, map: *mut core::ffi::c_void) {
-        if let Some(sk) = self.sk() {
-            // SAFETY: `sk` is a non-null socket from the context.
-            unsafe { bpf_sk_storage_delete(map, sk.cast()) };
-        }
     }
 }

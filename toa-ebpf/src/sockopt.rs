@@ -18,20 +18,24 @@ use crate::{
 };
 
 /// Handles one getsockopt call; every call in the cgroup passes here, so
-/// anything that is not ours returns after two loads and compares.
+/// anything that is not ours returns at once: a call at another level than
+/// `IPPROTO_IP` (SOL_SOCKET, SOL_TCP: what servers call) after one load and
+/// compare, other `IPPROTO_IP` calls after two. Returns whether the call was
+/// a vendor call (answered or refused).
 #[inline(always)]
-pub fn getsockopt(ctx: &SockoptContext) {
+pub fn getsockopt(ctx: &SockoptContext) -> bool {
     let so = ctx.sockopt;
-    // SAFETY: fixed-offset context reads.
-    let (level, optname) = unsafe { (read_volatile(addr_of!((*so).level)), read_volatile(addr_of!((*so).optname))) };
-    if level != SOL_IP || (optname != VTOA_GET_PEER && optname != TOA_SO_GET_LOOKUP) {
-        // optlen 0: "keep what the kernel wrote to the caller's buffer". The
-        // hook then skips copying its copy of the value (and the length) back
-        // to userspace, which it would otherwise do on every call in the
-        // cgroup (see the cgroup sockopt documentation, "Large optval").
-        // SAFETY: writable context field of cgroup/getsockopt.
-        unsafe { write_volatile(addr_of_mut!((*so).optlen), 0) };
-        return;
+    // SAFETY: fixed-offset context read.
+    let level = unsafe { read_volatile(addr_of!((*so).level)) };
+    if level != SOL_IP {
+        pass_through(so);
+        return false;
+    }
+    // SAFETY: fixed-offset context read.
+    let optname = unsafe { read_volatile(addr_of!((*so).optname)) };
+    if optname != VTOA_GET_PEER && optname != TOA_SO_GET_LOOKUP {
+        pass_through(so);
+        return false;
     }
     // SAFETY: fixed-offset context reads.
     let (sk, optval, optval_end) = unsafe {
@@ -77,7 +81,7 @@ pub fn getsockopt(ctx: &SockoptContext) {
                 unsafe { write_head::<SOCKADDR_IN_LEN>(optval, &bytes) };
             } else {
                 fail(ctx, EINVAL);
-                return;
+                return true;
             }
             // SAFETY: writable context fields of cgroup/getsockopt.
             unsafe {
@@ -88,11 +92,23 @@ pub fn getsockopt(ctx: &SockoptContext) {
         }
         Answer::Fail(errno) => fail(ctx, errno),
     }
+    true
 }
 
 // The ladder above goes from the largest answer down; every answer is one of the three sizes.
 const _: () = assert!(SOCKADDR_IN_LEN < NAT64_PEER_LEN && NAT64_PEER_LEN < SOCKADDR_IN6_LEN);
 const _: () = assert!(SOCKADDR_IN6_LEN == MAX_ANSWER_LEN);
+
+/// Leaves a call that is not ours as the kernel answered it.
+#[inline(always)]
+fn pass_through(so: *mut aya_ebpf::bindings::bpf_sockopt) {
+    // optlen 0: "keep what the kernel wrote to the caller's buffer". The hook
+    // then skips copying its copy of the value (and the length) back to
+    // userspace, which it would otherwise do on every call in the cgroup (see
+    // the cgroup sockopt documentation, "Large optval").
+    // SAFETY: writable context field of cgroup/getsockopt.
+    unsafe { write_volatile(addr_of_mut!((*so).optlen), 0) };
+}
 
 /// Copies the first `N` bytes of the answer to the caller's buffer at `optval`.
 ///

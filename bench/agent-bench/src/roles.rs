@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::net::{self, Epoll};
+use crate::stats::{self, HostCpu};
 
 /// Options of a role, `--key value` pairs.
 pub struct Args(HashMap<String, String>);
@@ -79,6 +80,7 @@ pub fn run(name: &str, args: &Args) {
         "rr-server" => rr_server(args),
         "rr-client" => rr_client(args),
         "syscall-server" => syscall_server(args),
+        "sockopt-loop" => sockopt_loop(args),
         "hold-client" => hold_client(args),
         "hold-server" => hold_server(args),
         "open-client" => open_client(args),
@@ -89,10 +91,11 @@ pub fn run(name: &str, args: &Args) {
     }
 }
 
-const LISTENER: u64 = u64::MAX;
-const STDIN: u64 = u64::MAX - 1;
+/// Epoll token of stdin.
+const STDIN: u64 = u64::MAX;
+/// Epoll token of the (first) listener; listener `i` of several has `LISTENER - i`.
+const LISTENER: u64 = u64::MAX - 1;
 
-/// Reads one command line from stdin (the orchestrator writes whole lines).
 /// CPU seconds (user + system) this process has used.
 fn cpu_secs() -> f64 {
     // SAFETY: all-zero is a valid rusage; getrusage fills it.
@@ -103,6 +106,7 @@ fn cpu_secs() -> f64 {
     t(ru.ru_utime) + t(ru.ru_stime)
 }
 
+/// Reads one command line from stdin (the orchestrator writes whole lines).
 fn stdin_line() -> Option<String> {
     let mut line = String::new();
     match io::stdin().lock().read_line(&mut line) {
@@ -111,39 +115,70 @@ fn stdin_line() -> Option<String> {
     }
 }
 
+/// Moves this process into the cgroup directory `dir`: sockets it creates
+/// from now on belong to that cgroup (and to the programs attached there).
+fn enter_cgroup(dir: &str) -> io::Result<()> {
+    std::fs::write(Path::new(dir).join("cgroup.procs"), "0")
+}
+
+/// Listeners on consecutive ports, listener `i` on `--port` + i created in
+/// cgroup `i` of `--cgroups` (a comma-separated list); the process then moves
+/// to `--home`. The sockets a listener accepts stay in its cgroup.
+fn listeners_in_cgroups(args: &Args, reuseport: bool) -> io::Result<Vec<RawFd>> {
+    let port: u16 = args.num("port");
+    let mut fds = Vec::new();
+    for (i, dir) in args.get("cgroups").split(',').enumerate() {
+        enter_cgroup(dir)?;
+        fds.push(net::listener(port + i as u16, reuseport)?);
+    }
+    enter_cgroup(args.get("home"))?;
+    Ok(fds)
+}
+
 /// Short-connection server: accept (with the address, as servers do), read
-/// the byte, answer one byte, close on EOF. `report` on stdin prints and
-/// resets how many connections it accepted and how many of them `accept()`
-/// reported as coming from `--expect` (the translated address).
+/// the byte, answer one byte, close on EOF. Listens on one port per cgroup
+/// of `--cgroups` (see [`listeners_in_cgroups`]). `report` on stdin prints
+/// and resets, per listener, how many connections it accepted and how many
+/// of them `accept()` reported as coming from `--expect` (the translated
+/// address): `accepted=A0,A1,.. translated=T0,T1,..`.
 fn rr_server(args: &Args) -> io::Result<()> {
     let expect: Ipv4Addr = args.num("expect");
-    let lst = net::listener(args.num("port"), false)?;
+    let lsts = listeners_in_cgroups(args, false)?;
     let mut ep = Epoll::new(512)?;
-    ep.add(lst, libc::EPOLLIN as u32, LISTENER)?;
+    for (i, &l) in lsts.iter().enumerate() {
+        ep.add(l, libc::EPOLLIN as u32, LISTENER - i as u64)?;
+    }
     ep.add(0, libc::EPOLLIN as u32, STDIN)?;
     say("listening");
-    let (mut accepted, mut translated) = (0u64, 0u64);
+    let (mut accepted, mut translated) = (vec![0u64; lsts.len()], vec![0u64; lsts.len()]);
     let mut buf = [0u8; 64];
+    let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     loop {
         let n = ep.wait(-1)?;
         for i in 0..n {
             let (token, _) = ep.event(i);
             match token {
-                LISTENER => {
-                    while let Some((fd, addr)) = net::accept(lst)? {
-                        accepted += 1;
-                        translated += u64::from(*addr.ip() == expect);
-                        ep.add(fd, libc::EPOLLIN as u32, fd as u64)?;
-                    }
-                }
                 STDIN => match stdin_line().as_deref() {
                     Some("report") => {
-                        say(&format!("accepted={accepted} translated={translated} cpu={:.3}", cpu_secs()));
-                        (accepted, translated) = (0, 0);
+                        say(&format!(
+                            "accepted={} translated={} cpu={:.3}",
+                            list(&accepted),
+                            list(&translated),
+                            cpu_secs()
+                        ));
+                        accepted.iter_mut().chain(translated.iter_mut()).for_each(|c| *c = 0);
                     }
                     Some(_) => {}
                     None => return Ok(()),
                 },
+                t if t > LISTENER - lsts.len() as u64 => {
+                    let k = (LISTENER - t) as usize;
+                    while let Some((fd, addr)) = net::accept(lsts[k])? {
+                        accepted[k] += 1;
+                        translated[k] += u64::from(*addr.ip() == expect);
+                        ep.add(fd, libc::EPOLLIN as u32, fd as u64)?;
+                    }
+                }
                 fd => {
                     let fd = fd as RawFd;
                     match net::read(fd, &mut buf) {
@@ -171,15 +206,23 @@ enum Slot {
 
 /// Short-connection load: `--parallel` connections in flight on one epoll
 /// set, each: connect, write 1 byte, read 1 byte, close; new ones for
-/// `--secs` seconds. Prints `conns=N errors=E secs=S`.
+/// `--secs` seconds. Reads the host's CPU counters (`/proc/stat`) and the
+/// `usage_usec` of the cgroups in `--cpu-cgroups` (comma-separated,
+/// optional) right before the first connect and right after the last close,
+/// and prints `conns=N errors=E secs=S busy=J idle=J steal=J cg_usec=U`
+/// (jiffies of 10 ms; busy excludes steal).
 fn rr_client(args: &Args) -> io::Result<()> {
     let dst = args.dst();
     let srcs = args.srcs();
     let parallel: usize = args.num("parallel");
     let secs: f64 = args.num("secs");
+    let cgroups: Vec<String> =
+        args.opt("cpu-cgroups").map(|s| s.split(',').map(String::from).collect()).unwrap_or_default();
+    let cg_usage = || cgroups.iter().map(|c| stats::cgroup_usage_usec(Path::new(c))).sum::<u64>();
     let mut ep = Epoll::new(512)?;
     let mut slots = vec![Slot::Idle; parallel];
     let (mut done, mut errors, mut next_src) = (0u64, 0u64, 0usize);
+    let (cpu0, cg0) = (HostCpu::read(), cg_usage());
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     let mut open = |slot: usize, ep: &Epoll, errors: &mut u64| -> Slot {
@@ -240,29 +283,30 @@ fn rr_client(args: &Args) -> io::Result<()> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    say(&format!("conns={done} errors={errors} secs={secs:.4} cpu={:.3}", cpu_secs()));
+    let cpu = HostCpu::read().since(&cpu0);
+    let cg = cg_usage().saturating_sub(cg0);
+    say(&format!(
+        "conns={done} errors={errors} secs={secs:.4} busy={} idle={} steal={} cg_usec={cg}",
+        cpu.busy, cpu.idle, cpu.steal
+    ));
     Ok(())
 }
 
-/// Times `getpeername()` and two unrelated `getsockopt()` calls in tight
-/// loops: `--rounds` rounds of `--iters` calls each. Listener A is created
-/// in the cgroup the process starts in (where the agent may be attached);
-/// with `--plain-cgroup DIR` the process then moves there and creates
-/// listener B on the next port, and every round times a socket accepted on
-/// each, back to back, so machine noise hits both alike. Prints the median
-/// ns/call on A and the median of the per-round differences A - B.
+/// Times system calls on accepted sockets in tight loops. One listener per
+/// cgroup of `--cgroups` (see [`listeners_in_cgroups`]); accepts one
+/// connection on each, then waits for `go` on stdin. Then `--rounds` rounds:
+/// in each, every kind of call (`getpeername`, `getsockopt(SO_RCVBUF)`: 4
+/// bytes, `getsockopt(TCP_INFO)`: 232 bytes) is timed `--iters` times on
+/// every socket back to back, so machine noise hits all alike. Prints, per
+/// kind, the median ns/call of each socket and the median of the per-round
+/// differences to socket `--base` (the one in a cgroup without programs):
+/// `kind=K ns=N0,N1,.. diff=D0,D1,..`; then `peer=ADDR` (socket 0's
+/// getpeername) and `done`, and waits for stdin to close.
 fn syscall_server(args: &Args) -> io::Result<()> {
-    let port: u16 = args.num("port");
-    let lst_a = net::listener(port, false)?;
-    let lst_b = match args.opt("plain-cgroup") {
-        Some(dir) => {
-            std::fs::write(Path::new(dir).join("cgroup.procs"), "0")?;
-            Some(net::listener(port + 1, false)?)
-        }
-        None => None,
-    };
+    let lsts = listeners_in_cgroups(args, false)?;
     let iters: u32 = args.num("iters");
     let rounds: usize = args.num("rounds");
+    let base: usize = args.num("base");
     say("listening");
     let accept_one = |lst: RawFd| -> io::Result<RawFd> {
         loop {
@@ -272,15 +316,14 @@ fn syscall_server(args: &Args) -> io::Result<()> {
             std::thread::sleep(Duration::from_millis(1));
         }
     };
-    let fd_a = accept_one(lst_a)?;
-    let fd_b = match lst_b {
-        Some(l) => Some(accept_one(l)?),
-        None => None,
-    };
-    let peer = net::peer(fd_a)?;
+    let fds: Vec<RawFd> = lsts.iter().map(|&l| accept_one(l)).collect::<io::Result<_>>()?;
+    say("accepted");
+    if stdin_line().as_deref() != Some("go") {
+        return Ok(());
+    }
     let time = |fd: RawFd, kind: usize| -> f64 {
         // SAFETY: all-zero is valid for these plain C structs.
-        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
         let mut small: libc::c_int = 0;
@@ -290,63 +333,110 @@ fn syscall_server(args: &Args) -> io::Result<()> {
             unsafe {
                 match kind {
                     0 => {
-                        let mut len = net::len_of::<libc::sockaddr_in>();
+                        let mut len = net::len_of::<libc::sockaddr_in6>();
                         libc::getpeername(fd, (&raw mut sa).cast(), &mut len);
                     }
                     1 => {
-                        let mut len = net::len_of::<libc::tcp_info>();
-                        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len);
-                    }
-                    _ => {
                         let mut len = net::len_of::<libc::c_int>();
                         libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw mut small).cast(), &mut len);
+                    }
+                    _ => {
+                        let mut len = net::len_of::<libc::tcp_info>();
+                        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len);
                     }
                 }
             }
         }
         t.elapsed().as_nanos() as f64 / f64::from(iters)
     };
-    let mut on: [Vec<f64>; 3] = Default::default();
-    let mut diff: [Vec<f64>; 3] = Default::default();
-    for _ in 0..rounds {
-        for kind in 0..3 {
-            let a = time(fd_a, kind);
-            on[kind].push(a);
-            if let Some(b) = fd_b {
-                diff[kind].push(a - time(b, kind));
+    const KINDS: [&str; 3] = ["getpeername", "getsockopt_rcvbuf", "getsockopt_tcp_info"];
+    let n = fds.len();
+    // [kind][socket] -> per-round ns
+    let mut ns: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); n]; KINDS.len()];
+    for round in 0..rounds {
+        for (kind, per_socket) in ns.iter_mut().enumerate() {
+            // Rotate the order so no socket is always first.
+            for k in 0..n {
+                let s = (k + round) % n;
+                per_socket[s].push(time(fds[s], kind));
             }
         }
     }
-    let [mut gp, mut gs, mut gsmall] = on;
-    let [mut dgp, mut dgs, mut dgsmall] = diff;
-    say(&format!(
-        "peer={peer} getpeername_ns={:.1} getsockopt_ns={:.1} getsockopt_small_ns={:.1} \
-         getpeername_diff={:.1} getsockopt_diff={:.1} getsockopt_small_diff={:.1}",
-        crate::median(&mut gp),
-        crate::median(&mut gs),
-        crate::median(&mut gsmall),
-        crate::median(&mut dgp),
-        crate::median(&mut dgs),
-        crate::median(&mut dgsmall),
-    ));
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(",");
+    for (kind, per_socket) in ns.iter().enumerate() {
+        let medians: Vec<f64> = per_socket.iter().map(|v| stats::Summary::of(v).median).collect();
+        let diffs: Vec<f64> = (0..n)
+            .map(|s| {
+                let d: Vec<f64> = (0..rounds).map(|r| per_socket[s][r] - per_socket[base][r]).collect();
+                stats::Summary::of(&d).median
+            })
+            .collect();
+        say(&format!("kind={} ns={} diff={}", KINDS[kind], list(&medians), list(&diffs)));
+    }
+    say(&format!("peer={}", net::peer(fds[0]).map_or_else(|e| e.to_string(), |p| p.to_string())));
+    say("done");
     // Keep the sockets until the orchestrator stops us.
     let _ = stdin_line();
     Ok(())
 }
 
-/// Connects to `--dst` (and `--dst2`) and keeps the connections until the server closes them.
-fn hold_client(args: &Args) -> io::Result<()> {
-    let mut s = std::net::TcpStream::connect(args.dst())?;
-    s.write_all(b"x")?;
-    let _second = match args.opt("dst2") {
-        Some(d) => {
-            let addr: SocketAddrV4 = d.parse().unwrap_or_else(|_| fail(&format!("bad --dst2 {d}")));
-            Some(std::net::TcpStream::connect(addr)?)
+/// Accepts one connection on each listener of `--cgroups` (see
+/// [`listeners_in_cgroups`]), says `accepted`, then on every `loop K SECS`
+/// line calls `getsockopt(SO_RCVBUF)` on socket K for SECS seconds (what a
+/// profile of the pass-through watches) and says `done N` (calls made).
+fn sockopt_loop(args: &Args) -> io::Result<()> {
+    let lsts = listeners_in_cgroups(args, false)?;
+    say("listening");
+    let mut fds = Vec::new();
+    for &l in &lsts {
+        let fd = loop {
+            if let Some((fd, _)) = net::accept(l)? {
+                break fd;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        fds.push(fd);
+    }
+    say("accepted");
+    while let Some(line) = stdin_line() {
+        let mut f = line.split_whitespace();
+        if f.next() != Some("loop") {
+            continue;
         }
-        None => None,
-    };
+        let k: usize = f.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+        let secs: f64 = f.next().and_then(|x| x.parse().ok()).unwrap_or(1.0);
+        let fd = fds[k.min(fds.len() - 1)];
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        let mut n = 0u64;
+        let mut small: libc::c_int = 0;
+        while Instant::now() < end {
+            for _ in 0..1000 {
+                let mut len = net::len_of::<libc::c_int>();
+                // SAFETY: valid out buffer of the announced size.
+                unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw mut small).cast(), &mut len) };
+            }
+            n += 1000;
+        }
+        say(&format!("done {n}"));
+    }
+    Ok(())
+}
+
+/// Connects to every address of `--dsts` (comma-separated), writes a byte on
+/// each and keeps them until the server closes the first.
+fn hold_client(args: &Args) -> io::Result<()> {
+    let dsts: Vec<SocketAddrV4> =
+        args.get("dsts").split(',').map(|d| d.parse().unwrap_or_else(|_| fail(&format!("bad address {d}")))).collect();
+    let mut conns = Vec::new();
+    for d in dsts {
+        let mut s = std::net::TcpStream::connect(d)?;
+        s.write_all(b"x")?;
+        conns.push(s);
+    }
     let mut buf = [0u8; 16];
-    while std::io::Read::read(&mut s, &mut buf)? > 0 {}
+    if let Some(s) = conns.first_mut() {
+        while std::io::Read::read(s, &mut buf)? > 0 {}
+    }
     Ok(())
 }
 

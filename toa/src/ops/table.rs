@@ -56,7 +56,8 @@ pub struct Entry {
     pub kind: u8,
     /// The packet it came from: `syn`, `ack` or `data`.
     pub packet: &'static str,
-    /// How long ago it was stored, in milliseconds.
+    /// How long ago it was stored, in milliseconds: to the second (the record
+    /// keeps whole seconds since boot, modulo 194 days).
     pub age_ms: u64,
     /// When it was stored (UTC, RFC 3339).
     pub since: String,
@@ -123,7 +124,7 @@ fn entry(netns: &str, s: &DiagSocket, map_id: u32, now_boot: Duration, now_wall:
     let real_port = record.port();
     let real_client =
         if real_port == 0 { real_addr.to_string() } else { SocketAddr::new(real_addr, real_port).to_string() };
-    let age = now_boot.saturating_sub(Duration::from_nanos(record.stored_ns));
+    let age = Duration::from_secs(u64::from(record.age_s(now_boot.as_secs())));
     Some(Entry {
         netns: netns.to_string(),
         local: s.local,
@@ -235,7 +236,7 @@ mod tests {
         r.source = source::ACK;
         r.addr[..4].copy_from_slice(&[203, 0, 113, 7]);
         r.port = 4242u16.to_be_bytes();
-        r.stored_ns = 10_000_000_000;
+        r.stored = PeerRecord::stored_at(10);
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let e = entry("net:[1]", &socket(record_bytes(&r)), 3, Duration::from_secs(12), now).expect("row");
         assert_eq!(e.real_client, "203.0.113.7:4242");
