@@ -254,9 +254,11 @@ pub struct BackendStats {
     pub flows: u64,
     /// Packets that got the option.
     pub options: u64,
+    /// Packets that should have got it but had no room.
+    pub no_room: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<BackendStats>() == 48);
+const _: () = assert!(core::mem::size_of::<BackendStats>() == 56);
 
 impl FlowKey {
     /// An all-zero key.
