@@ -23,10 +23,27 @@ use integration_test::{
 };
 use serde_json::Value;
 
-/// A running `toa lb` in the line's forwarder namespace.
+/// A running `toa lb` in the line's forwarder namespace, with its own pin
+/// directory and stats socket (removed on drop, whatever happened).
 struct LbProc {
     proc: Spawned,
     socket: PathBuf,
+    _pins: PinGuard,
+}
+
+/// A unique pin directory on bpffs, removed on drop (with anything left in it).
+struct PinGuard(PathBuf);
+
+impl PinGuard {
+    fn new() -> PinGuard {
+        PinGuard(PathBuf::from("/sys/fs/bpf").join(unique_name("toa-lb-test", 40)))
+    }
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The usual services: one IPv4 and one IPv6 virtual service on port 80,
@@ -50,13 +67,19 @@ fn service_args(port: u16) -> Vec<String> {
 
 impl LbProc {
     fn start(line: &Line, port: u16, extra: &[&str]) -> LbProc {
+        let args: Vec<String> = service_args(port).into_iter().chain(extra.iter().map(|s| s.to_string())).collect();
+        LbProc::start_in(&line.lb, &args.iter().map(String::as_str).collect::<Vec<_>>(), PinGuard::new())
+    }
+
+    /// Starts `toa lb ARGS` in `ns` with the pin directory `pins`.
+    fn start_in(ns: &integration_test::netns::Netns, args: &[&str], pins: PinGuard) -> LbProc {
         let socket = std::env::temp_dir().join(format!("{}.sock", unique_name("toa-lb", 40)));
-        let mut cmd = command_in(Some(&line.lb.path()), None, TOA);
-        cmd.arg("lb").args(service_args(port)).arg("--stats-socket").arg(&socket).args(extra);
+        let mut cmd = command_in(Some(&ns.path()), None, TOA);
+        cmd.arg("lb").args(args).arg("--stats-socket").arg(&socket).arg("--pin-dir").arg(&pins.0);
         cmd.env("RUST_LOG", "info");
         let mut proc = spawn(cmd);
         proc.wait_for_line(Stream::Stderr, |l| l.contains("lb ready"), READY);
-        LbProc { proc, socket }
+        LbProc { proc, socket, _pins: pins }
     }
 
     fn stats(&self) -> Value {

@@ -6,6 +6,7 @@
 //! and the line; what `toa config` prints is TOML that reads back as the same
 //! configuration.
 
+pub mod lb;
 pub mod proxy;
 pub mod values;
 
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use toa_common::{Format, format::DEFAULT_FORMATS};
 
 pub use self::values::{Duration, MetricsListen, Packets, Prefix};
-use self::{proxy::ProxyConfig, values::formats};
+use self::{lb::LbSection, proxy::ProxyConfig, values::formats};
 use crate::{Error, Result, sys::paths};
 
 /// The default configuration, with comments: what `toa config --default`
@@ -52,6 +53,8 @@ pub struct Config {
     pub metrics_listen: MetricsListen,
     /// The forwarder's settings.
     pub proxy: ProxyConfig,
+    /// The packet-level forwarder's settings (`toa lb`).
+    pub lb: LbSection,
 }
 
 impl Default for Config {
@@ -68,6 +71,7 @@ impl Default for Config {
             pin_dir: PathBuf::from(paths::DEFAULT_PIN_DIR),
             metrics_listen: MetricsListen::DEFAULT,
             proxy: ProxyConfig::default(),
+            lb: LbSection::default(),
         }
     }
 }
@@ -107,6 +111,16 @@ impl Config {
             Error::Config { path: origin.into(), message, line }
         })?;
         config.proxy.check().map_err(|e| Error::Config { path: origin.into(), message: e.to_string(), line: None })?;
+        config.lb.check().map_err(|e| {
+            // A rule across keys of one service: name the line of its `listen`.
+            let line = config.lb.services.iter().find(|s| e.to_string().starts_with(&format!("service {}:", s.listen))).and_then(
+                |s| {
+                    let listen = format!("\"{}\"", s.listen);
+                    text.lines().position(|l| l.contains("listen") && l.contains(&listen)).map(|i| i + 1)
+                },
+            );
+            Error::Config { path: origin.into(), message: format!("lb: {e}"), line }
+        })?;
         Ok(config)
     }
 
