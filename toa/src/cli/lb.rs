@@ -11,7 +11,7 @@ use toa::forwarder::lb::{self, Flags, Overrides, Source};
 #[derive(Debug, clap::Args)]
 pub struct LbArgs {
     /// Configuration file whose `[lb]` section describes the services (SIGHUP reads it again).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "backends", "snat", "ifaces", "kind", "kind6", "toa_packets", "snat_ports", "no_segmenter"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "backends", "snat", "ifaces", "kind", "kind6", "toa_packets", "snat_ports", "no_segmenter", "health_interval"])]
     config: Option<PathBuf>,
     /// Virtual service VIP:PORT clients connect to; repeat for an IPv4 and an IPv6 one.
     #[arg(long = "listen", value_name = "VIP:PORT", required_unless_present = "config")]
@@ -41,6 +41,10 @@ pub struct LbArgs {
     /// Do not create the segmenter: GSO packets that need the option then go without it (counted).
     #[arg(long)]
     no_segmenter: bool,
+    /// Health-check every backend this often (TCP connect; 3 failures take it out, 2 successes bring it
+    /// back); 0s: none. The config file sets every value per service.
+    #[arg(long, value_name = "DURATION", default_value = "0s")]
+    health_interval: String,
     /// Unix socket where the counters are served as JSON (default: the config's, /run/toa/lb.sock).
     #[arg(long, value_name = "PATH")]
     stats_socket: Option<PathBuf>,
@@ -64,6 +68,7 @@ pub fn run(args: LbArgs) -> Result<()> {
                 toa_packets: args.toa_packets,
                 snat_ports: args.snat_ports,
                 segmenter: !args.no_segmenter,
+                health_interval: args.health_interval,
             };
             Source::Flags(Box::new(flags.to_section()?))
         }

@@ -14,7 +14,7 @@ use crate::{
     config::{
         lb::{LbBackendConfig, LbPackets, LbSection, LbServiceConfig, LocalPorts},
         proxy::{HealthConfig, Kind4, Kind6},
-        values::parse_addr,
+        values::{Duration, parse_addr},
     },
 };
 
@@ -42,6 +42,8 @@ pub struct Flags {
     pub snat_ports: String,
     /// Not `--no-segmenter`.
     pub segmenter: bool,
+    /// `--health-interval` (`0s`: no health checks).
+    pub health_interval: String,
 }
 
 impl Flags {
@@ -55,11 +57,10 @@ impl Flags {
             self.toa_packets.parse().map_err(|e: Error| Error::Invalid(format!("--toa-packets: {e}")))?;
         let local_ports: LocalPorts =
             self.snat_ports.parse().map_err(|e: Error| Error::Invalid(format!("--snat-ports {e}")))?;
-        let backends = self
-            .backends
-            .iter()
-            .map(|b| b.parse::<LbBackendConfig>())
-            .collect::<Result<Vec<LbBackendConfig>>>()?;
+        let health_interval: Duration =
+            self.health_interval.parse().map_err(|e: Error| Error::Invalid(format!("--health-interval: {e}")))?;
+        let backends =
+            self.backends.iter().map(|b| b.parse::<LbBackendConfig>()).collect::<Result<Vec<LbBackendConfig>>>()?;
         let snat = self
             .snat
             .iter()
@@ -100,9 +101,11 @@ impl Flags {
             svc.kind = kind;
             svc.kind6 = kind6;
             svc.toa_packets = toa_packets;
+            svc.health.interval = health_interval;
             services.push(svc);
         }
-        if let Some(b) = backends.iter().find(|b| !services.iter().any(|s| s.backends.iter().any(|o| o.addr == b.addr))) {
+        if let Some(b) = backends.iter().find(|b| !services.iter().any(|s| s.backends.iter().any(|o| o.addr == b.addr)))
+        {
             return Err(Error::Invalid(format!("--backend {} serves no --listen of its address family", b.addr)));
         }
         let section = LbSection {
@@ -255,6 +258,7 @@ mod tests {
             toa_packets: "ack,data".into(),
             snat_ports: "1024-32767".into(),
             segmenter: true,
+            health_interval: "0s".into(),
         }
     }
 
@@ -291,7 +295,8 @@ mod tests {
 
     #[test]
     fn each_node_takes_its_own_local_address() {
-        let mut section = args(&["10.0.0.1:80"], &["10.0.1.2:8080"], &["10.0.1.11", "10.0.1.12"]).to_section().expect("ok");
+        let mut section =
+            args(&["10.0.0.1:80"], &["10.0.1.2:8080"], &["10.0.1.11", "10.0.1.12"]).to_section().expect("ok");
         let a = Settings::resolve(&section, &[ip("10.0.1.11")]).expect("node a");
         let b = Settings::resolve(&section, &[ip("127.0.0.1"), ip("10.0.1.12")]).expect("node b");
         assert_eq!(a.services[0].local4, Some(ip("10.0.1.11")));
