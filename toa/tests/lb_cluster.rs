@@ -766,3 +766,105 @@ fn sighup_applies_a_good_file_whole_and_refuses_a_bad_one_whole() {
     assert_eq!(s["backends"].as_array().map(Vec::len), Some(1), "{s}");
     assert!(lb.proc.terminate().success());
 }
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+#[ignore = "needs root: BPF programs in network namespaces"]
+fn toa_stats_status_and_prometheus_show_every_service_and_backend() {
+    require_root();
+    let line = Line::new(Offloads::Default);
+    add_backend_addrs(&line, &["10.72.2.3"]);
+    // 10.72.2.3 has no server: the health checks keep it out.
+    let _server = start_server(&line.srv, 8080, &["10.72.2.2"]);
+    let config = ConfigFile::new(&line_config(
+        &[("10.72.2.2", 8080, 1), ("10.72.2.3", 8080, 2)],
+        "metrics_listen = \"127.0.0.1:9412\"",
+    ));
+    // Where `toa stats` and `toa status` look for forwarders.
+    std::fs::create_dir_all("/run/toa").expect("/run/toa");
+    let socket = PathBuf::from("/run/toa").join(format!("{}.sock", unique_name("lb-test", 40)));
+    let lb = LbProc::start_with_socket(&line.lb, &["--config", config.path()], PinGuard::new(), socket.clone());
+    let sock = socket.to_str().expect("path");
+    let no_agent = format!("/sys/fs/bpf/{}", unique_name("toa-none", 40));
+    let (svc, up, down) = (format!("{VIP4}:80"), "10.72.2.2:8080", "10.72.2.3:8080");
+    eventually("10.72.2.3 out of rotation", Duration::from_secs(10), || {
+        lb.stats()["backends"].as_array().is_some_and(|b| b.iter().any(|x| x["addr"] == down && x["up"] == false))
+    });
+    let conns = short_clients(&line.cli, VIP4, 10, 5, 0, &[CLI4.to_string()]);
+    assert!(conns.iter().all(|c| c.backend.as_deref() == Some("10.72.2.2")), "{conns:?}");
+
+    // toa stats --lb-socket: that one, under "lb".
+    let v = json_of(&common::toa(&["stats", "--json", "--lb-socket", sock, "--pin-dir", &no_agent]));
+    let l = &v["lb"];
+    assert_eq!(l["socket"], sock, "{v}");
+    assert_eq!(l["pid"], lb.proc.pid(), "{v}");
+    assert_eq!(l["flows_created"], 10, "{v}");
+    let s = &l["services"][0];
+    assert_eq!(
+        (&s["listen"], &s["backends"], &s["backends_up"], &s["flows"]),
+        (&svc.clone().into(), &2.into(), &1.into(), &10.into()),
+        "{v}"
+    );
+    let backend =
+        |addr: &str| l["backends"].as_array().and_then(|b| b.iter().find(|x| x["addr"] == addr).cloned()).expect(addr);
+    assert_eq!((backend(up)["up"].clone(), backend(up)["flows"].clone()), (true.into(), 10.into()), "{v}");
+    assert_eq!(
+        (backend(down)["up"].clone(), backend(down)["weight"].clone(), backend(down)["flows"].clone()),
+        (false.into(), 2.into(), 0.into()),
+        "{v}"
+    );
+    assert!(
+        backend(up)["packets_in"].as_u64().is_some_and(|n| n >= 40)
+            && backend(up)["options"].as_u64().is_some_and(|n| n >= 10),
+        "{v}"
+    );
+    // Without it: every forwarder of the host, ours among them, under "lbs".
+    let v = json_of(&common::toa(&["stats", "--json", "--pin-dir", &no_agent]));
+    assert!(
+        v["lbs"].as_array().is_some_and(|a| a.iter().any(|x| x["socket"] == sock && x["flows_created"] == 10)),
+        "{v}"
+    );
+    let text = String::from_utf8_lossy(&common::toa(&["stats", "--lb-socket", sock, "--pin-dir", &no_agent]).stdout)
+        .into_owned();
+    assert!(text.contains(&format!("service {svc}: 1/2 backends up")), "{text}");
+    assert!(text.contains(&format!("backend {down} (down, weight 2): 0 flows")), "{text}");
+    // toa status: the forwarder, its services and how many backends are up.
+    let v = json_of(&common::toa(&["status", "--json", "--pin-dir", &no_agent]));
+    let mine = v["lbs"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["socket"] == sock).cloned())
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(mine["pid"], lb.proc.pid(), "{v}");
+    assert_eq!(
+        (&mine["services"][0]["listen"], &mine["services"][0]["backends_up"]),
+        (&svc.clone().into(), &1.into()),
+        "{v}"
+    );
+    let text = String::from_utf8_lossy(&common::toa(&["status", "--pin-dir", &no_agent]).stdout).into_owned();
+    assert!(
+        text.contains(&format!("lb {sock} (pid {}", lb.proc.pid()))
+            && text.contains(&format!("service {svc}: 1/2 backends up")),
+        "{text}"
+    );
+    // Prometheus, per service and backend.
+    let out = line.lb.output(&["curl", "-sS", "--max-time", "5", "http://127.0.0.1:9412/metrics"]);
+    for want in [
+        format!("toa_lb_service_flows_total{{service=\"{svc}\"}} 10"),
+        format!("toa_lb_service_backends_up{{service=\"{svc}\"}} 1"),
+        format!("toa_lb_backend_flows_total{{service=\"{svc}\",backend=\"{up}\"}} 10"),
+        format!("toa_lb_backend_up{{service=\"{svc}\",backend=\"{up}\"}} 1"),
+        format!("toa_lb_backend_up{{service=\"{svc}\",backend=\"{down}\"}} 0"),
+        "toa_lb_flows_created_total 10".to_string(),
+        "toa_lb_up 1".to_string(),
+    ] {
+        assert!(out.lines().any(|l| l == want), "{want} missing:\n{out}");
+    }
+    assert!(!out.contains("toa_lb_pid"), "{out}");
+    drop(lb);
+    assert!(!socket.exists(), "the socket is removed at stop");
+}

@@ -1,11 +1,15 @@
-//! `toa stats`: the receiver's counters, and those of the running proxies.
+//! `toa stats`: the receiver's counters, and those of the running proxies
+//! and packet-level forwarders.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 use toa::{
-    forwarder::proxy::stats::{self, ProxyStats},
+    forwarder::{
+        lb,
+        proxy::stats::{self, ProxyStats},
+    },
     ops::stats::Snapshot,
 };
 
@@ -14,13 +18,18 @@ use super::args::PinArgs;
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// Print one JSON object (counter → total, plus `per_cpu`; the proxies
-    /// under "proxies", or one under "proxy" with --proxy-socket).
+    /// under "proxies", or one under "proxy" with --proxy-socket; the
+    /// packet-level forwarders under "lbs", or one under "lb" with --lb-socket).
     #[arg(long)]
     json: bool,
     /// Stats socket of one `toa proxy` to show (default: every proxy that
     /// serves at /run/toa/proxy-NAME.sock).
     #[arg(long, value_name = "PATH")]
     proxy_socket: Option<PathBuf>,
+    /// Stats socket of one `toa lb` to show (default: every forwarder that
+    /// serves at /run/toa/lb*.sock).
+    #[arg(long, value_name = "PATH")]
+    lb_socket: Option<PathBuf>,
     #[command(flatten)]
     pins: PinArgs,
 }
@@ -30,9 +39,16 @@ pub fn run(args: StatsArgs) -> Result<()> {
         Some(path) => stats::fetch(path).into_iter().collect(),
         None => stats::discover().iter().filter_map(|p| stats::fetch(p)).collect(),
     };
+    let lbs: Vec<serde_json::Value> = match &args.lb_socket {
+        Some(path) => match lb::read_stats(path) {
+            Some(v) => vec![v],
+            None => anyhow::bail!("no toa lb answers on {}; is it running with --stats-socket there?", path.display()),
+        },
+        None => lb::discover().iter().filter_map(|p| lb::read_stats(p)).collect(),
+    };
     let snapshot = match Snapshot::read_pinned(&args.pins.resolve()?) {
         Ok(s) => Some(s),
-        Err(toa::Error::NotRunning { .. }) if !proxies.is_empty() => None,
+        Err(toa::Error::NotRunning { .. }) if !proxies.is_empty() || !lbs.is_empty() => None,
         Err(e) => return Err(e.into()),
     };
     if args.json {
@@ -42,6 +58,11 @@ pub fn run(args: StatsArgs) -> Result<()> {
             (Some(_), None) => {}
             (None, _) => v["proxies"] = serde_json::to_value(&proxies)?,
         }
+        match (&args.lb_socket, lbs.first()) {
+            (Some(_), Some(l)) => v["lb"] = l.clone(),
+            (Some(_), None) => {}
+            (None, _) => v["lbs"] = lbs.clone().into(),
+        }
         println!("{v}");
     } else {
         if let Some(s) = snapshot {
@@ -49,6 +70,9 @@ pub fn run(args: StatsArgs) -> Result<()> {
         }
         for p in &proxies {
             print!("{}", stats::render_text(p));
+        }
+        for l in &lbs {
+            print!("{}", lb::render_text(l));
         }
     }
     Ok(())

@@ -94,6 +94,9 @@ pub(crate) fn render_lb(v: &serde_json::Value) -> String {
     if let Some(o) = v.as_object() {
         for (name, value) in o {
             let Some(n) = value.as_u64() else { continue };
+            if name == "pid" {
+                continue;
+            }
             if let Some(reason) = name.strip_prefix("drop_") {
                 drops.push((reason.to_string(), n));
                 continue;
@@ -114,38 +117,46 @@ pub(crate) fn render_lb(v: &serde_json::Value) -> String {
             out.push_str(&format!("toa_lb_drops_total{{reason=\"{reason}\"}} {n}\n"));
         }
     }
-    let labelled = |out: &mut String, rows: &[serde_json::Value], labels: &dyn Fn(&serde_json::Value) -> String, prefix: &str| {
-        for (key, kind, help) in [
-            ("packets_in", "counter", "Client to backend packets."),
-            ("packets_out", "counter", "Backend to client packets."),
-            ("bytes_in", "counter", "Client to backend bytes."),
-            ("bytes_out", "counter", "Backend to client bytes."),
-            ("flows", "counter", "Flows created."),
-            ("options", "counter", "Packets that got the option."),
-            ("options_no_room", "counter", "Packets that needed the option but had no room."),
-            ("conntrack_entries", "gauge", "Flows in the connection table."),
-            ("up", "gauge", "Whether the backend is in rotation (health checks)."),
-            ("backends_up", "gauge", "Backends in rotation."),
-        ] {
-            let present: Vec<&serde_json::Value> = rows.iter().filter(|r| !r[key].is_null()).collect();
-            if present.is_empty() {
-                continue;
+    let labelled =
+        |out: &mut String, rows: &[serde_json::Value], labels: &dyn Fn(&serde_json::Value) -> String, prefix: &str| {
+            for (key, kind, help) in [
+                ("packets_in", "counter", "Client to backend packets."),
+                ("packets_out", "counter", "Backend to client packets."),
+                ("bytes_in", "counter", "Client to backend bytes."),
+                ("bytes_out", "counter", "Backend to client bytes."),
+                ("flows", "counter", "Flows created."),
+                ("options", "counter", "Packets that got the option."),
+                ("options_no_room", "counter", "Packets that needed the option but had no room."),
+                ("conntrack_entries", "gauge", "Flows in the connection table."),
+                ("up", "gauge", "Whether the backend is in rotation (health checks)."),
+                ("backends_up", "gauge", "Backends in rotation."),
+            ] {
+                let present: Vec<&serde_json::Value> = rows.iter().filter(|r| !r[key].is_null()).collect();
+                if present.is_empty() {
+                    continue;
+                }
+                let metric =
+                    if kind == "counter" { format!("{prefix}_{key}_total") } else { format!("{prefix}_{key}") };
+                out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));
+                for r in present {
+                    let value = r[key].as_u64().or_else(|| r[key].as_bool().map(u64::from)).unwrap_or(0);
+                    out.push_str(&format!("{metric}{{{}}} {value}\n", labels(r)));
+                }
             }
-            let metric = if kind == "counter" { format!("{prefix}_{key}_total") } else { format!("{prefix}_{key}") };
-            out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));
-            for r in present {
-                let value = r[key].as_u64().or_else(|| r[key].as_bool().map(u64::from)).unwrap_or(0);
-                out.push_str(&format!("{metric}{{{}}} {value}\n", labels(r)));
-            }
-        }
-    };
+        };
     let services = v["services"].as_array().cloned().unwrap_or_default();
     labelled(&mut out, &services, &|r| format!("service=\"{}\"", r["listen"].as_str().unwrap_or("")), "toa_lb_service");
     let backends = v["backends"].as_array().cloned().unwrap_or_default();
     labelled(
         &mut out,
         &backends,
-        &|r| format!("service=\"{}\",backend=\"{}\"", r["service"].as_str().unwrap_or(""), r["addr"].as_str().unwrap_or("")),
+        &|r| {
+            format!(
+                "service=\"{}\",backend=\"{}\"",
+                r["service"].as_str().unwrap_or(""),
+                r["addr"].as_str().unwrap_or("")
+            )
+        },
         "toa_lb_backend",
     );
     out.push_str("# HELP toa_lb_up Whether the forwarder is running.\n# TYPE toa_lb_up gauge\ntoa_lb_up 1\n");

@@ -203,7 +203,8 @@ impl Running {
         let fresh = !pins.has_maps();
         let started = (|| {
             let mut dp = Datapath::load(&pins, table_entries(&s.section))?;
-            let seg = if s.section.segmenter { Some(Segmenter::create(&segmenter::name_for(pins.root()))?) } else { None };
+            let seg =
+                if s.section.segmenter { Some(Segmenter::create(&segmenter::name_for(pins.root()))?) } else { None };
             let indices = seg.as_ref().map(Segmenter::indices).transpose()?;
             let mut tables = Tables::new(&mut |name| dp.take_map(name))?;
             tables.configure(indices, s.section.timeouts.to_datapath(), s.section.table_size)?;
@@ -221,8 +222,7 @@ impl Running {
             };
             let down = service::first_checks(&s);
             let layout = Layout::new(&s, None)?;
-            let mut shared =
-                Shared { settings: s.clone(), layout, tables, health: Default::default(), counters };
+            let mut shared = Shared { settings: s.clone(), layout, tables, health: Default::default(), counters };
             if !dp.adopted_maps {
                 for b in shared.layout.backends.clone() {
                     shared.counters.clear_backend(b.slot);
@@ -249,20 +249,18 @@ impl Running {
                 }
             }
             if adopted > 0 || dp.adopted_maps {
-                tracing::info!(adopted_links = adopted, adopted_maps = dp.adopted_maps, "took over an earlier forwarder's data path");
+                tracing::info!(
+                    adopted_links = adopted,
+                    adopted_maps = dp.adopted_maps,
+                    "took over an earlier forwarder's data path"
+                );
             }
             Ok::<_, Error>((dp, seg, shared, background, metrics))
         })();
         match started {
-            Ok((dp, seg, shared, background, metrics)) => Ok(Running {
-                dp,
-                seg,
-                shared,
-                background: Some(background),
-                metrics,
-                ifaces,
-                _lock: lock_,
-            }),
+            Ok((dp, seg, shared, background, metrics)) => {
+                Ok(Running { dp, seg, shared, background: Some(background), metrics, ifaces, _lock: lock_ })
+            }
             Err(e) => {
                 if fresh {
                     pins.remove_all();
@@ -378,6 +376,64 @@ pub fn read_stats(socket: &Path) -> Option<serde_json::Value> {
     let mut text = String::new();
     conn.read_to_string(&mut text).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+/// A running forwarder's counters (its stats socket's JSON) as text for
+/// `toa stats`: the global counters that are not zero, then one line per
+/// service and per backend.
+pub fn render_text(v: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "lb {} (pid {}, pins {}):",
+        v["socket"].as_str().unwrap_or("?"),
+        v["pid"].as_u64().unwrap_or(0),
+        v["pin_dir"].as_str().unwrap_or("?")
+    );
+    if let Some(o) = v.as_object() {
+        for (name, value) in o {
+            if name == "pid" {
+                continue;
+            }
+            if let Some(n) = value.as_u64().filter(|n| *n > 0 || name == "flows") {
+                let _ = writeln!(out, "  {name:<28} {n}");
+            }
+        }
+    }
+    let n = |r: &serde_json::Value, k: &str| r[k].as_u64().unwrap_or(0);
+    for s in v["services"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  service {}: {}/{} backends up, {} flows open, {} created, {} options, {} no room, in {} pkts {} B, out {} pkts {} B",
+            s["listen"].as_str().unwrap_or("?"),
+            n(s, "backends_up"),
+            n(s, "backends"),
+            n(s, "conntrack_entries"),
+            n(s, "flows"),
+            n(s, "options"),
+            n(s, "options_no_room"),
+            n(s, "packets_in"),
+            n(s, "bytes_in"),
+            n(s, "packets_out"),
+            n(s, "bytes_out"),
+        );
+        for b in v["backends"].as_array().into_iter().flatten().filter(|b| b["service"] == s["listen"]) {
+            let _ = writeln!(
+                out,
+                "    backend {} ({}, weight {}): {} flows, {} options, {} no room, in {} pkts, out {} pkts",
+                b["addr"].as_str().unwrap_or("?"),
+                if b["up"] == true { "up" } else { "down" },
+                n(b, "weight"),
+                n(b, "flows"),
+                n(b, "options"),
+                n(b, "options_no_room"),
+                n(b, "packets_in"),
+                n(b, "packets_out"),
+            );
+        }
+    }
+    out
 }
 
 /// The stats sockets of the forwarders running on this host

@@ -158,6 +158,9 @@ impl Shared {
         }
         v.insert("flows".into(), flows.total.into());
         v.insert("flows_reclaimed".into(), reclaimed.into());
+        v.insert("pid".into(), std::process::id().into());
+        v.insert("socket".into(), self.settings.section.stats_socket.display().to_string().into());
+        v.insert("pin_dir".into(), self.settings.section.pin_dir.display().to_string().into());
         let backend_json = |b: &BackendSlot| {
             let s = self.counters.backend(b.slot);
             json!({
