@@ -163,7 +163,7 @@ pub fn populate(members: &mut [Member], work: &mut [Turn], table: &mut [u32]) ->
     if members.iter().any(|m| m.offset as usize >= size || m.skip == 0 || m.skip as usize >= size) {
         return Err(MaglevError::BadMember);
     }
-    members.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    members.sort_unstable_by_key(|m| m.id);
     for e in table.iter_mut() {
         *e = NO_BACKEND;
     }
@@ -255,14 +255,24 @@ mod tests {
     fn every_slot_is_filled_and_shares_are_balanced() {
         // The paper's bound: with size >> N, the largest share is within a
         // few percent of the mean (Figure 9: <= 1.05 at N=1000 and M=65537).
-        for (n, size, bound) in [(2u32, 65_537u32, 0.005), (3, 65_537, 0.005), (10, 65_537, 0.01), (100, 65_537, 0.04), (1000, 65_537, 0.25)] {
+        for (n, size, bound) in [
+            (2u32, 65_537u32, 0.005),
+            (3, 65_537, 0.005),
+            (10, 65_537, 0.01),
+            (100, 65_537, 0.04),
+            (1000, 65_537, 0.25),
+        ] {
             let ids: Vec<(u32, u32)> = (0..n).map(|i| (i, 1)).collect();
             let t = table(&ids, size);
             assert!(t.iter().all(|&e| e < n), "every slot names a backend");
             let s = shares(&t, &(0..n).collect::<Vec<_>>());
             let mean = size as f64 / n as f64;
             let worst = s.iter().map(|&c| (c as f64 - mean).abs() / mean).fold(0.0, f64::max);
-            assert!(worst <= bound, "N={n}: worst share off the mean by {worst:.4} > {bound}: {:?}", &s[..s.len().min(10)]);
+            assert!(
+                worst <= bound,
+                "N={n}: worst share off the mean by {worst:.4} > {bound}: {:?}",
+                &s[..s.len().min(10)]
+            );
         }
     }
 

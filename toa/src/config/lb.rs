@@ -247,7 +247,10 @@ impl LbServiceConfig {
             }
         }
         if self.local.contains(&l.ip()) {
-            return Err(Error::Invalid(format!("local {}: the local address must differ from the virtual one", l.ip())));
+            return Err(Error::Invalid(format!(
+                "local {}: the local address must differ from the virtual one",
+                l.ip()
+            )));
         }
         self.health.check()
     }
@@ -286,7 +289,9 @@ impl FromStr for LbBackendConfig {
         for part in parts {
             match part.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
                 Some(("weight", v)) => {
-                    let w = v.parse().map_err(|_| Error::Invalid(format!("backend `{s}`: weight `{v}` is not a number")))?;
+                    let w = v
+                        .parse()
+                        .map_err(|_| Error::Invalid(format!("backend `{s}`: weight `{v}` is not a number")))?;
                     b.weight = check_weight(w)?;
                 }
                 _ => return Err(Error::Invalid(format!("backend `{s}`: `{part}` is not weight=N"))),
@@ -405,9 +410,11 @@ impl FromStr for LbPackets {
     fn from_str(s: &str) -> Result<LbPackets> {
         let mut bits = 0;
         for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            bits |= LB_PACKET_NAMES.iter().find(|(_, n)| *n == p).map(|(b, _)| *b).ok_or_else(|| {
-                Error::Invalid(format!("unknown packet `{p}` (expected syn, ack, data, rst)"))
-            })?;
+            bits |= LB_PACKET_NAMES
+                .iter()
+                .find(|(_, n)| *n == p)
+                .map(|(b, _)| *b)
+                .ok_or_else(|| Error::Invalid(format!("unknown packet `{p}` (expected syn, ack, data, rst)")))?;
         }
         if bits == 0 {
             return Err(Error::Invalid("no packets to carry the option (expected any of syn, ack, data, rst)".into()));
@@ -503,11 +510,7 @@ fn check_backend_count(n: usize) -> Result<()> {
 
 fn check_timeout(d: Duration) -> Result<()> {
     if d < limits::MIN_TIMEOUT || d > limits::MAX_TIMEOUT {
-        return Err(Error::Invalid(format!(
-            "{d} is not between {} and {}",
-            limits::MIN_TIMEOUT,
-            limits::MAX_TIMEOUT
-        )));
+        return Err(Error::Invalid(format!("{d} is not between {} and {}", limits::MIN_TIMEOUT, limits::MAX_TIMEOUT)));
     }
     Ok(())
 }

@@ -12,8 +12,7 @@
 //! and never have two.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -261,7 +260,8 @@ impl Datapath {
     /// into the attachment an earlier forwarder left there; returns whether
     /// it was adopted.
     pub fn attach(&mut self, ifname: &str) -> Result<bool> {
-        let cannot = |e: &dyn std::fmt::Display| Error::Invalid(format!("cannot attach to the ingress of {ifname}: {e}"));
+        let cannot =
+            |e: &dyn std::fmt::Display| Error::Invalid(format!("cannot attach to the ingress of {ifname}: {e}"));
         if has_tcx() {
             let path = self.pins.link(ifname);
             let adopted = path.exists();
@@ -285,19 +285,20 @@ impl Datapath {
         let _ = tc::qdisc_add_clsact(ifname);
         let opts = NlOptions { priority: TC_PRIORITY, handle: TC_HANDLE, ..NlOptions::default() };
         let prog = self.ingress()?;
-        let (id, adopted) = match prog.attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::Netlink(opts))
-        {
-            Ok(id) => (id, false),
-            Err(first) => {
-                // A filter of ours is there already (an earlier forwarder): replace its program.
-                let old = SchedClassifierLink::attached(ifname, TcAttachType::Ingress, TC_PRIORITY, TC_HANDLE, None)
-                    .map_err(|e| cannot(&e))?;
-                match prog.attach_to_link(old) {
-                    Ok(id) => (id, true),
-                    Err(_) => return Err(cannot(&first)),
+        let (id, adopted) =
+            match prog.attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::Netlink(opts)) {
+                Ok(id) => (id, false),
+                Err(first) => {
+                    // A filter of ours is there already (an earlier forwarder): replace its program.
+                    let old =
+                        SchedClassifierLink::attached(ifname, TcAttachType::Ingress, TC_PRIORITY, TC_HANDLE, None)
+                            .map_err(|e| cannot(&e))?;
+                    match prog.attach_to_link(old) {
+                        Ok(id) => (id, true),
+                        Err(_) => return Err(cannot(&first)),
+                    }
                 }
-            }
-        };
+            };
         // Owned by the kernel from here: dropping the object must not detach it.
         std::mem::forget(prog.take_link(id).map_err(|e| cannot(&e))?);
         self.attached.push(Attachment { ifname: ifname.into(), kind: AttachKind::Netlink });

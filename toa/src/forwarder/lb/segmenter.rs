@@ -103,8 +103,7 @@ impl Segmenter {
     /// forwarder left), offloads off on the sending end, IPv6 off on both
     /// (no addresses, nothing of their own to send), both up.
     pub fn create(name: &str) -> Result<Segmenter> {
-        let mut seg =
-            Segmenter { send: format!("{name}s"), recv: format!("{name}r"), adopted: false, keep: false };
+        let mut seg = Segmenter { send: format!("{name}s"), recv: format!("{name}r"), adopted: false, keep: false };
         if ifindex(&seg.send).is_some() && ifindex(&seg.recv).is_some() {
             seg.adopted = true;
         } else {

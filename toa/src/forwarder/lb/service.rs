@@ -327,8 +327,7 @@ impl Background {
                         last = Instant::now();
                     }
                 }
-                let v = lock(&shared).snapshot(&census, reclaimed);
-                v
+                lock(&shared).snapshot(&census, reclaimed)
             })
             .map_err(Error::io("starting the stats thread", socket))?;
         Ok(Background { stop, handle: Some(handle), socket: socket.to_path_buf() })

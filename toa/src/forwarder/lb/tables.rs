@@ -77,7 +77,11 @@ impl Layout {
             b.slot = next;
             taken.insert(next);
         }
-        Ok(Layout { backends, listens: s.services.iter().map(|v| v.listen).collect(), table_size: s.section.table_size })
+        Ok(Layout {
+            backends,
+            listens: s.services.iter().map(|v| v.listen).collect(),
+            table_size: s.section.table_size,
+        })
     }
 
     /// The backends of service `i`.
@@ -181,7 +185,9 @@ impl Tables {
             let _ = self.services.remove(&k);
         }
         for ((addr, fam), role) in &roles {
-            self.addrs.insert(AddrKey { addr: *addr, family: *fam, _pad: [0; 3] }, role, 0).map_err(map_err(maps::ADDRS))?;
+            self.addrs
+                .insert(AddrKey { addr: *addr, family: *fam, _pad: [0; 3] }, role, 0)
+                .map_err(map_err(maps::ADDRS))?;
         }
         let stale: Vec<AddrKey> =
             self.addrs.keys().flatten().filter(|k| !roles.contains_key(&(k.addr, k.family))).collect();
