@@ -607,9 +607,10 @@ except ConnectionResetError:
 /// line on stdin, then resets it. argv: PORT.
 const RESET_SERVER: &str = r#"
 import socket, struct, sys
-s = socket.socket(socket.AF_INET)
+s = socket.socket(socket.AF_INET6)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1])))
 s.listen(1)
 print("listening", flush=True)
 c, peer = s.accept()
@@ -689,6 +690,70 @@ fn icmp_fragmentation_needed_and_a_reset_from_the_backend_side_reach_the_client_
     backend.wait_for_line(Stream::Stdout, |l| l == "closed", READY);
     cli.wait_for_line(Stream::Stdout, |l| l == "reset", READY);
     assert!(lb.counter("packets_out") >= 2, "the SYN-ACK and the RST went back");
+}
+
+/// Sends an ICMPv6 "packet too big" (MTU 1400) to the forwarder's local
+/// address, quoting its packet to the backend (the kernel fills in the
+/// checksum of raw ICMPv6). argv: SNAT6 LPORT BACKEND6 BPORT SEQ.
+const PACKET_TOO_BIG: &str = r#"
+import socket, struct, sys
+snat, lport, backend, bport, seq = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+q = struct.pack("!IHBB16s16s", 6 << 28, 1440, 6, 64, socket.inet_pton(socket.AF_INET6, snat), socket.inet_pton(socket.AF_INET6, backend))
+q += struct.pack("!HHI", lport, bport, seq)
+m = struct.pack("!BBHI", 2, 0, 0, 1400) + q
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.sendto(m, (snat, 0))
+print("sent", flush=True)
+"#;
+
+#[test]
+#[ignore = "needs root: BPF programs in network namespaces"]
+fn icmpv6_packet_too_big_reaches_the_ipv6_client_translated_with_the_mtu_less_the_option() {
+    require_root();
+    let line = Line::new(Offloads::Default);
+    let mut backend = {
+        let mut cmd = command_in(Some(&line.srv.path()), Some(line.srv_cg.path()), "python3");
+        cmd.args(["-u", "-c", RESET_SERVER, "9301"]);
+        let mut p = integration_test::process::spawn_with_stdin(cmd);
+        p.wait_for_line(Stream::Stdout, |l| l == "listening", READY);
+        p
+    };
+    let lb = start_lb(&line, 9301, &[]);
+    let cap = Capture::start(&line.srv, SRV_IF, "tcp port 9301");
+    let mut cli = {
+        let mut cmd = command_in(Some(&line.cli.path()), None, "python3");
+        cmd.args(["-u", "-c", RESET_CLIENT, VIP6, "80"]);
+        spawn(cmd)
+    };
+    cli.wait_for_line(Stream::Stdout, |l| l.starts_with("port "), READY);
+    let lport: u16 = backend
+        .wait_for_line(Stream::Stdout, |l| l.starts_with("peer "), READY)
+        .trim_start_matches("peer ")
+        .parse()
+        .expect("a port");
+    let segs = cap.finish("the client's byte on the backend's wire", |s| {
+        s.iter().any(|g| g.src.port() == lport && g.payload.len() == 1)
+    });
+    let data = segs.iter().find(|g| g.src.port() == lport && g.payload.len() == 1).expect("data");
+    assert!(data.src.is_ipv6(), "{data:?}");
+    let next = data.seq.wrapping_add(1).to_string();
+    assert!(!line.cli.output(&["ip", "-6", "route", "get", VIP6]).contains("mtu "), "no path MTU learnt before");
+    let out = run_in(
+        Some(&line.srv.path()),
+        None,
+        &["python3", "-c", PACKET_TOO_BIG, SNAT6, &lport.to_string(), SRV6, "9301", &next],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("the translated ICMPv6 error", Duration::from_secs(10), || lb.counter("icmp_translated") == 1);
+    // The client learnt the path MTU to the virtual address, less the
+    // 20-byte option of an IPv6 client.
+    eventually("the client's path MTU to the virtual address", Duration::from_secs(10), || {
+        line.cli.output(&["ip", "-6", "route", "get", VIP6]).contains("mtu 1380")
+    });
+    use std::io::Write as _;
+    writeln!(backend.stdin(), "go").expect("write");
+    backend.wait_for_line(Stream::Stdout, |l| l == "closed", READY);
+    cli.wait_for_line(Stream::Stdout, |l| l == "reset", READY);
 }
 
 #[test]
