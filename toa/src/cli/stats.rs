@@ -23,11 +23,11 @@ pub struct StatsArgs {
     #[arg(long)]
     json: bool,
     /// Stats socket of one `toa proxy` to show (default: every proxy that
-    /// serves at /run/toa/proxy-NAME.sock).
+    /// serves at /run/toa/proxy-NAME.sock; none with --lb-socket).
     #[arg(long, value_name = "PATH")]
     proxy_socket: Option<PathBuf>,
     /// Stats socket of one `toa lb` to show (default: every forwarder that
-    /// serves at /run/toa/lb*.sock).
+    /// serves at /run/toa/lb*.sock; none with --proxy-socket).
     #[arg(long, value_name = "PATH")]
     lb_socket: Option<PathBuf>,
     #[command(flatten)]
@@ -35,16 +35,16 @@ pub struct StatsArgs {
 }
 
 pub fn run(args: StatsArgs) -> Result<()> {
-    let proxies: Vec<ProxyStats> = match &args.proxy_socket {
-        Some(path) => stats::fetch(path).into_iter().collect(),
-        None => stats::discover().iter().filter_map(|p| stats::fetch(p)).collect(),
+    // One forwarder asked for by its socket: that one, and no discovery of the others.
+    let proxies: Vec<ProxyStats> = match (&args.proxy_socket, &args.lb_socket) {
+        (Some(path), _) => stats::fetch(path).into_iter().collect(),
+        (None, Some(_)) => Vec::new(),
+        (None, None) => stats::discover().iter().filter_map(|p| stats::fetch(p)).collect(),
     };
-    let lbs: Vec<serde_json::Value> = match &args.lb_socket {
-        Some(path) => match lb::read_stats(path) {
-            Some(v) => vec![v],
-            None => anyhow::bail!("no toa lb answers on {}; is it running with --stats-socket there?", path.display()),
-        },
-        None => lb::discover().iter().filter_map(|p| lb::read_stats(p)).collect(),
+    let lbs: Vec<serde_json::Value> = match (&args.lb_socket, &args.proxy_socket) {
+        (Some(path), _) => lb::read_stats(path).into_iter().collect(),
+        (None, Some(_)) => Vec::new(),
+        (None, None) => lb::discover().iter().filter_map(|p| lb::read_stats(p)).collect(),
     };
     let snapshot = match Snapshot::read_pinned(&args.pins.resolve()?) {
         Ok(s) => Some(s),
@@ -56,12 +56,14 @@ pub fn run(args: StatsArgs) -> Result<()> {
         match (&args.proxy_socket, proxies.first()) {
             (Some(_), Some(p)) => v["proxy"] = serde_json::to_value(p)?,
             (Some(_), None) => {}
-            (None, _) => v["proxies"] = serde_json::to_value(&proxies)?,
+            (None, _) if args.lb_socket.is_none() => v["proxies"] = serde_json::to_value(&proxies)?,
+            (None, _) => {}
         }
         match (&args.lb_socket, lbs.first()) {
             (Some(_), Some(l)) => v["lb"] = l.clone(),
             (Some(_), None) => {}
-            (None, _) => v["lbs"] = lbs.clone().into(),
+            (None, _) if args.proxy_socket.is_none() => v["lbs"] = lbs.clone().into(),
+            (None, _) => {}
         }
         println!("{v}");
     } else {
