@@ -40,7 +40,7 @@ use crate::{
     config::{Config, lb::LbSection},
     ops::metrics::{MetricsServer, Reply},
     receiver::lock::InstanceLock,
-    sys::{host, notify, signals::TerminationSignals},
+    sys::{host, notify::ServiceManager, signals::TerminationSignals},
 };
 
 /// Services the Maglev map holds without a restart (more services than
@@ -482,17 +482,17 @@ pub fn run(source: &Source, overrides: &Overrides) -> Result<()> {
         pins = %s.section.pin_dir.display(),
         "lb ready"
     );
-    let _ = notify::ready("forwarding");
+    // Type=notify units: started means attached and forwarding.
+    let systemd = ServiceManager::from_env();
+    systemd.ready("forwarding");
     loop {
         let sig = signals.wait().map_err(Error::io("waiting for a signal", "signals"))?;
         if sig != libc::SIGHUP {
             tracing::info!(signal = sig, "stopping");
+            systemd.stopping("stopping");
             break;
         }
-        let notifier = notify::Notifier::from_env().ok().flatten();
-        if let Some(n) = &notifier {
-            let _ = n.reloading();
-        }
+        systemd.reloading();
         let outcome = match source {
             Source::Flags(_) => Err(Error::Invalid("started without --config: nothing to reload".into())),
             Source::File(_) => resolve(source, overrides).and_then(|new| running.reload(new)),
@@ -501,9 +501,7 @@ pub fn run(source: &Source, overrides: &Overrides) -> Result<()> {
             Ok(()) => tracing::info!("reloaded"),
             Err(e) => tracing::error!(error = %e, "reload refused; the running configuration stays"),
         }
-        if let Some(n) = &notifier {
-            let _ = n.ready("forwarding");
-        }
+        systemd.ready("forwarding");
     }
     let persist = lock(&running.shared).settings.section.persist;
     let last = running.stop(persist);
