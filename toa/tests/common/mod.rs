@@ -624,10 +624,15 @@ pub fn ingress_programs(ns: &integration_test::netns::Netns, ifname: &str) -> Ve
     if let Some(names) = tcx {
         return names;
     }
+    // One line per filter; a BPF filter's line names its program twice
+    // (the filter's name, then `name PROG`): take the first.
     let out = run_in(Some(&ns.path()), None, &["tc", "filter", "show", "dev", ifname, "ingress"]);
     String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with("toa_lb_"))
-        .map(|w| w.split(':').next().unwrap_or(w).to_string())
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|w| w.starts_with("toa_lb_"))
+                .map(|w| w.split(':').next().unwrap_or(w).to_string())
+        })
         .collect()
 }
