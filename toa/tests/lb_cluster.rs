@@ -868,3 +868,72 @@ fn toa_stats_status_and_prometheus_show_every_service_and_backend() {
     drop(lb);
     assert!(!socket.exists(), "the socket is removed at stop");
 }
+
+/// A backend that closes first: per connection, reads a line, answers the
+/// peer's port (the forwarder's local port), closes. argv: PORT.
+const CLOSE_FIRST_SERVER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(64)
+print("listening", flush=True)
+while True:
+    c, peer = s.accept()
+    try:
+        if c.recv(100):
+            c.sendall(f"{peer[1]}\n".encode())
+    except OSError:
+        pass
+    c.close()
+"#;
+
+/// One connection from SRC:SPORT to HOST:80: sends a line, prints the
+/// backend's answer (the local port), waits for the backend's FIN, closes.
+/// argv: SRC SPORT HOST.
+const SAME_PORT_CLIENT: &str = r#"
+import socket, sys
+c = socket.socket()
+c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+c.settimeout(10)
+c.bind((sys.argv[1], int(sys.argv[2])))
+c.connect((sys.argv[3], 80))
+c.sendall(b"hi\n")
+got = b""
+while True:
+    k = c.recv(100)
+    if not k: break
+    got += k
+c.close()
+print(got.decode().strip(), flush=True)
+"#;
+
+#[test]
+#[ignore = "needs root: BPF programs in network namespaces"]
+fn a_client_reusing_its_port_after_a_backend_first_close_gets_another_local_port_until_time_wait_ends() {
+    require_root();
+    let line = Line::new(Offloads::Default);
+    let _server = {
+        let mut cmd = command_in(Some(&line.srv.path()), None, "python3");
+        cmd.args(["-u", "-c", CLOSE_FIRST_SERVER, "9500"]);
+        let mut p = spawn(cmd);
+        p.wait_for_line(Stream::Stdout, |l| l == "listening", READY);
+        p
+    };
+    let mut text = line_config(&[("10.72.2.2", 9500, 1)], "timeouts = { time_wait = \"3s\" }");
+    text = text.replace("interval = \"200ms\"", "interval = \"0s\"");
+    let config = ConfigFile::new(&text);
+    let _lb = LbProc::start_in(&line.lb, &["--config", config.path()], PinGuard::new());
+    let local_port = || -> u16 {
+        let out = run_in(Some(&line.cli.path()), None, &["python3", "-c", SAME_PORT_CLIENT, CLI4, "41001", VIP4]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{out:?}"))
+    };
+    // The backend closed first: its TIME_WAIT holds (local address, port).
+    let first = local_port();
+    let second = local_port();
+    assert_ne!(second, first, "the same client tuple at once: another local port");
+    // Once time_wait is over (and the reaper ran), the tuple's first
+    // choice is free again.
+    eventually("the first local port free again", Duration::from_secs(15), || local_port() == first);
+}
