@@ -99,13 +99,6 @@ impl LbPins {
         self.map(maps::FLOWS).exists()
     }
 
-    /// The lock file that keeps a second forwarder off these pins.
-    pub fn lock_file(&self) -> PathBuf {
-        let flat: String =
-            self.root.to_string_lossy().trim_matches('/').chars().map(|c| if c == '/' { '-' } else { c }).collect();
-        Path::new(crate::sys::paths::RUN_DIR).join(format!("lb@{flat}.lock"))
-    }
-
     /// Removes every pin and the directory.
     pub fn remove_all(&self) {
         for sub in ["maps", "links"] {

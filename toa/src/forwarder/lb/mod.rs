@@ -198,8 +198,9 @@ impl Running {
         let ifaces = check_system(&s)?;
         let pins = LbPins::new(&s.section.pin_dir);
         host::ensure_bpffs(pins.root())?;
-        let lock_file = pins.lock_file();
-        let lock_ = InstanceLock::acquire(&lock_file)?;
+        // One forwarder per pin directory: the lock is on the directory itself.
+        std::fs::create_dir_all(pins.root()).map_err(Error::io("creating", pins.root()))?;
+        let lock_ = InstanceLock::acquire(&crate::sys::paths::PinDir::new(pins.root()))?;
         let fresh = !pins.has_maps();
         let started = (|| {
             let mut dp = Datapath::load(&pins, table_entries(&s.section))?;
