@@ -12,6 +12,7 @@
 pub mod bpf;
 pub mod cgroup;
 pub mod container;
+pub mod ecmp;
 pub mod line;
 pub mod netns;
 pub mod packet;

@@ -14,20 +14,16 @@ use std::{
     time::Duration,
 };
 
-use common::{AgentProc, READY, TOA, eventually, require_root, start_injector, stderr_lines, toa};
+use common::{
+    AgentProc, LbProc, PinGuard, READY, TOA, eventually, ingress_programs, require_root, start_injector, stderr_lines,
+    toa,
+};
 use integration_test::{
     line::{CLI_IF, CLI4, CLI6, LB_CLI_IF, LB_SRV_IF, Line, Offloads, SNAT4, SNAT6, SRV_IF, SRV4, SRV6, VIP4, VIP6},
     netns::unique_name,
     packet,
     process::{Spawned, Stream, command_in, run_in, spawn},
 };
-use serde_json::Value;
-
-/// A running `toa lb` in the line's forwarder namespace.
-struct LbProc {
-    proc: Spawned,
-    socket: PathBuf,
-}
 
 /// The usual services: one IPv4 and one IPv6 virtual service on port 80,
 /// both to port `port` of the backend.
@@ -48,37 +44,11 @@ fn service_args(port: u16) -> Vec<String> {
     ]
 }
 
-impl LbProc {
-    fn start(line: &Line, port: u16, extra: &[&str]) -> LbProc {
-        let socket = std::env::temp_dir().join(format!("{}.sock", unique_name("toa-lb", 40)));
-        let mut cmd = command_in(Some(&line.lb.path()), None, TOA);
-        cmd.arg("lb").args(service_args(port)).arg("--stats-socket").arg(&socket).args(extra);
-        cmd.env("RUST_LOG", "info");
-        let mut proc = spawn(cmd);
-        proc.wait_for_line(Stream::Stderr, |l| l.contains("lb ready"), READY);
-        LbProc { proc, socket }
-    }
-
-    fn stats(&self) -> Value {
-        use std::io::Read as _;
-        let mut conn = std::os::unix::net::UnixStream::connect(&self.socket)
-            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.socket.display()));
-        let mut text = String::new();
-        conn.read_to_string(&mut text).expect("read stats");
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("stats are not JSON ({e}): {text}"))
-    }
-
-    fn counter(&self, name: &str) -> u64 {
-        let v = self.stats();
-        v[name].as_u64().unwrap_or_else(|| panic!("counter {name} missing in {v}"))
-    }
-}
-
-impl Drop for LbProc {
-    fn drop(&mut self) {
-        let _ = self.proc.terminate();
-        let _ = std::fs::remove_file(&self.socket);
-    }
+/// Starts `toa lb` with the usual services to port `port` in the line's
+/// forwarder namespace.
+fn start_lb(line: &Line, port: u16, extra: &[&str]) -> LbProc {
+    let args: Vec<String> = service_args(port).into_iter().chain(extra.iter().map(|s| s.to_string())).collect();
+    LbProc::start_in(&line.lb, &args.iter().map(String::as_str).collect::<Vec<_>>(), PinGuard::new())
 }
 
 /// Starts a program in the backend's namespace and cgroup and waits for `ready` on `stream`.
@@ -190,7 +160,7 @@ fn an_unmodified_http_server_logs_the_clients_own_ipv4_and_ipv6_address() {
     let line = Line::new(Offloads::Default);
     let agent = AgentProc::start(line.srv_cg.path(), &[]);
     let mut http = http_server(&line, 8080);
-    let lb = LbProc::start(&line, 8080, &[]);
+    let lb = start_lb(&line, 8080, &[]);
     curl(&line, &format!("http://{VIP4}/"), &[]);
     assert_eq!(logged_host(&mut http), format!("::ffff:{CLI4}"), "IPv4 client");
     curl(&line, &format!("http://[{VIP6}]/"), &[]);
@@ -242,7 +212,7 @@ fn the_option_is_in_the_handshake_ack_and_first_data_not_in_the_syn_and_the_clie
     require_root();
     let line = Line::new(Offloads::Default);
     let _http = http_server(&line, 8080);
-    let _lb = LbProc::start(&line, 8080, &[]);
+    let _lb = start_lb(&line, 8080, &[]);
     check_wire(&line, &format!("http://{VIP4}/"), 43001, 254, &v4(CLI4), (1460, 1452));
     check_wire(&line, &format!("http://[{VIP6}]/"), 43002, 253, &v6(CLI6), (1440, 1420));
 }
@@ -330,7 +300,7 @@ sys.exit(1 if bad else 0)
 fn two_hundred_transfers(offloads: Offloads) {
     let line = Line::new(offloads);
     let _server = server(&line, &["python3", "-u", "-c", SHA_SERVER, "9100"], Stream::Stdout, "listening");
-    let lb = LbProc::start(&line, 9100, &[]);
+    let lb = start_lb(&line, 9100, &[]);
     let errors_before = backend_csum_errors(&line);
     for host in [VIP4, VIP6] {
         let out = client(&line, &["python3", "-c", SHA_CLIENT, host, "80", "100"]);
@@ -402,7 +372,7 @@ for i in range(n):
 fn every_segment_carries_it(offloads: Offloads) {
     let line = Line::new(offloads);
     let _sink = server(&line, &["python3", "-u", "-c", SINK_SERVER, "9200"], Stream::Stdout, "listening");
-    let lb = LbProc::start(&line, 9200, &[]);
+    let lb = start_lb(&line, 9200, &[]);
     let cap = Capture::start(&line.srv, SRV_IF, "tcp port 9200");
     let errors_before = backend_csum_errors(&line);
     let out = client(&line, &["python3", "-c", BURST_CLIENT, VIP4, "80", "4"]);
@@ -484,7 +454,7 @@ fn with_the_handshake_ack_dropped_the_server_still_logs_the_client() {
     let line = Line::new(Offloads::Default);
     let agent = AgentProc::start(line.srv_cg.path(), &[]);
     let mut http = http_server(&line, 8080);
-    let lb = LbProc::start(&line, 8080, &[]);
+    let lb = start_lb(&line, 8080, &[]);
     // On the link between forwarder and backend (netfilter's ingress hook
     // of the backend's interface, where the lost packet would be missing
     // from): drop IPv4 pure ACKs of 60 bytes (20 IP + 20 TCP + 12 timestamps
@@ -522,7 +492,7 @@ fn a_client_whose_options_leave_no_room_is_forwarded_without_the_option_and_coun
     let line = Line::new(Offloads::Default);
     let agent = AgentProc::start(line.srv_cg.path(), &[]);
     let mut http = http_server(&line, 8080);
-    let lb = LbProc::start(&line, 8080, &[]);
+    let lb = start_lb(&line, 8080, &[]);
     // The client's ACK and data carry timestamps (12 bytes with their NOPs)
     // and a 20-byte option of an unassigned kind, which no stage of
     // compaction may drop: 32 of the 40 option bytes used. An IPv4 client's
@@ -591,7 +561,7 @@ fn malformed_packets_to_the_virtual_address_are_dropped_and_counted_never_forwar
     require_root();
     let line = Line::new(Offloads::Default);
     let _http = http_server(&line, 8080);
-    let lb = LbProc::start(&line, 8080, &[]);
+    let lb = start_lb(&line, 8080, &[]);
     let capture = Capture::start(&line.srv, SRV_IF, "ip or ip6");
     let link = line.lb.output(&["ip", "-o", "link", "show", "dev", LB_CLI_IF]);
     let mac = link.split("link/ether ").nth(1).and_then(|t| t.split_whitespace().next()).expect("a MAC").to_string();
@@ -637,9 +607,10 @@ except ConnectionResetError:
 /// line on stdin, then resets it. argv: PORT.
 const RESET_SERVER: &str = r#"
 import socket, struct, sys
-s = socket.socket(socket.AF_INET)
+s = socket.socket(socket.AF_INET6)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1])))
 s.listen(1)
 print("listening", flush=True)
 c, peer = s.accept()
@@ -682,7 +653,7 @@ fn icmp_fragmentation_needed_and_a_reset_from_the_backend_side_reach_the_client_
         p.wait_for_line(Stream::Stdout, |l| l == "listening", READY);
         p
     };
-    let lb = LbProc::start(&line, 9300, &[]);
+    let lb = start_lb(&line, 9300, &[]);
     let cap = Capture::start(&line.srv, SRV_IF, "tcp port 9300");
     let mut cli = {
         let mut cmd = command_in(Some(&line.cli.path()), None, "python3");
@@ -719,6 +690,70 @@ fn icmp_fragmentation_needed_and_a_reset_from_the_backend_side_reach_the_client_
     backend.wait_for_line(Stream::Stdout, |l| l == "closed", READY);
     cli.wait_for_line(Stream::Stdout, |l| l == "reset", READY);
     assert!(lb.counter("packets_out") >= 2, "the SYN-ACK and the RST went back");
+}
+
+/// Sends an ICMPv6 "packet too big" (MTU 1400) to the forwarder's local
+/// address, quoting its packet to the backend (the kernel fills in the
+/// checksum of raw ICMPv6). argv: SNAT6 LPORT BACKEND6 BPORT SEQ.
+const PACKET_TOO_BIG: &str = r#"
+import socket, struct, sys
+snat, lport, backend, bport, seq = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+q = struct.pack("!IHBB16s16s", 6 << 28, 1440, 6, 64, socket.inet_pton(socket.AF_INET6, snat), socket.inet_pton(socket.AF_INET6, backend))
+q += struct.pack("!HHI", lport, bport, seq)
+m = struct.pack("!BBHI", 2, 0, 0, 1400) + q
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.sendto(m, (snat, 0))
+print("sent", flush=True)
+"#;
+
+#[test]
+#[ignore = "needs root: BPF programs in network namespaces"]
+fn icmpv6_packet_too_big_reaches_the_ipv6_client_translated_with_the_mtu_less_the_option() {
+    require_root();
+    let line = Line::new(Offloads::Default);
+    let mut backend = {
+        let mut cmd = command_in(Some(&line.srv.path()), Some(line.srv_cg.path()), "python3");
+        cmd.args(["-u", "-c", RESET_SERVER, "9301"]);
+        let mut p = integration_test::process::spawn_with_stdin(cmd);
+        p.wait_for_line(Stream::Stdout, |l| l == "listening", READY);
+        p
+    };
+    let lb = start_lb(&line, 9301, &[]);
+    let cap = Capture::start(&line.srv, SRV_IF, "tcp port 9301");
+    let mut cli = {
+        let mut cmd = command_in(Some(&line.cli.path()), None, "python3");
+        cmd.args(["-u", "-c", RESET_CLIENT, VIP6, "80"]);
+        spawn(cmd)
+    };
+    cli.wait_for_line(Stream::Stdout, |l| l.starts_with("port "), READY);
+    let lport: u16 = backend
+        .wait_for_line(Stream::Stdout, |l| l.starts_with("peer "), READY)
+        .trim_start_matches("peer ")
+        .parse()
+        .expect("a port");
+    let segs = cap.finish("the client's byte on the backend's wire", |s| {
+        s.iter().any(|g| g.src.port() == lport && g.payload.len() == 1)
+    });
+    let data = segs.iter().find(|g| g.src.port() == lport && g.payload.len() == 1).expect("data");
+    assert!(data.src.is_ipv6(), "{data:?}");
+    let next = data.seq.wrapping_add(1).to_string();
+    assert!(!line.cli.output(&["ip", "-6", "route", "get", VIP6]).contains("mtu "), "no path MTU learnt before");
+    let out = run_in(
+        Some(&line.srv.path()),
+        None,
+        &["python3", "-c", PACKET_TOO_BIG, SNAT6, &lport.to_string(), SRV6, "9301", &next],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("the translated ICMPv6 error", Duration::from_secs(10), || lb.counter("icmp_translated") == 1);
+    // The client learnt the path MTU to the virtual address, less the
+    // 20-byte option of an IPv6 client.
+    eventually("the client's path MTU to the virtual address", Duration::from_secs(10), || {
+        line.cli.output(&["ip", "-6", "route", "get", VIP6]).contains("mtu 1380")
+    });
+    use std::io::Write as _;
+    writeln!(backend.stdin(), "go").expect("write");
+    backend.wait_for_line(Stream::Stdout, |l| l == "closed", READY);
+    cli.wait_for_line(Stream::Stdout, |l| l == "reset", READY);
 }
 
 #[test]
@@ -773,7 +808,7 @@ fn a_clean_stop_detaches_everything_and_removes_the_segmenter_and_the_socket() {
     require_root();
     let line = Line::new(Offloads::Default);
     let _http = http_server(&line, 8080);
-    let mut lb = LbProc::start(&line, 8080, &[]);
+    let mut lb = start_lb(&line, 8080, &[]);
     let segmenter_end = line
         .lb
         .output(&["ip", "-o", "link"])
@@ -803,29 +838,4 @@ fn a_clean_stop_detaches_everything_and_removes_the_segmenter_and_the_socket() {
 fn assert_refused(line: &Line) {
     let out = client(line, &["curl", "-sS", "--max-time", "5", "-o", "/dev/null", &format!("http://{VIP4}/")]);
     assert_eq!(out.status.code(), Some(7), "connection refused: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// The names of the programs attached to the ingress of `ifname` in the
-/// namespace `ns`, as the kernel reports them: TCX links (6.6 and later),
-/// else the tc filters `tc filter show` lists.
-fn ingress_programs(ns: &integration_test::netns::Netns, ifname: &str) -> Vec<String> {
-    let path = ns.path();
-    let name = ifname.to_string();
-    let tcx = std::thread::spawn(move || {
-        integration_test::netns::enter(&path);
-        aya::programs::SchedClassifier::query_tcx(&name, aya::programs::TcAttachType::Ingress)
-            .map(|(_, progs)| progs.iter().map(|p| p.name_as_str().unwrap_or("?").to_string()).collect::<Vec<_>>())
-            .ok()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e));
-    if let Some(names) = tcx {
-        return names;
-    }
-    let out = run_in(Some(&ns.path()), None, &["tc", "filter", "show", "dev", ifname, "ingress"]);
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with("toa_lb_"))
-        .map(|w| w.split(':').next().unwrap_or(w).to_string())
-        .collect()
 }

@@ -5,6 +5,13 @@
 //! idle flow is kept ([`TimeoutClass`]); the data path never blocks or drops
 //! a packet because of it (a backend and a client agree on TCP, not we).
 //! A SYN on a flow that is closed starts a new flow (port reuse by the client).
+//!
+//! Who closed first matters for the local port: the side that sends the
+//! first FIN ends in TIME_WAIT. When the client closed first, the backend
+//! closes second and keeps nothing, so the port is free at once; when the
+//! backend closed first, it holds (local address, local port, backend) in
+//! TIME_WAIT for 60 s (Linux's `TCP_TIMEWAIT_LEN`), and a new flow on that
+//! tuple would meet it. Such a flow is kept in [`TimeoutClass::TimeWait`].
 
 /// Where a flow is.
 #[repr(u8)]
@@ -63,6 +70,8 @@ pub enum TimeoutClass {
     HalfClosed = 2,
     /// Both closed or reset: only stray packets are left.
     Closed = 3,
+    /// Both closed, the backend first: its TIME_WAIT holds the local port.
+    TimeWait = 4,
 }
 
 /// Idle timeouts per class, in seconds.
@@ -77,11 +86,15 @@ pub struct Timeouts {
     pub half_closed: u32,
     /// [`TimeoutClass::Closed`].
     pub closed: u32,
+    /// [`TimeoutClass::TimeWait`].
+    pub time_wait: u32,
 }
 
 /// The defaults: 30 s to complete a handshake, 15 min idle when established,
-/// 2 min half-closed, 10 s after both FINs or a RST.
-pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts { syn: 30, established: 900, half_closed: 120, closed: 10 };
+/// 2 min half-closed, 10 s after both FINs (the client's first) or a RST,
+/// 60 s after both FINs when the backend's was first (its TIME_WAIT).
+pub const DEFAULT_TIMEOUTS: Timeouts =
+    Timeouts { syn: 30, established: 900, half_closed: 120, closed: 10, time_wait: 60 };
 
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
@@ -112,41 +125,52 @@ pub const fn next_state(state: TcpState, dir: Dir, flags: u8) -> TcpState {
     }
 }
 
-/// The timeout class of a state.
+/// The timeout class of a flow in `state`; `client_fin_first` tells who
+/// closed first (meaningful once both did).
 #[inline(always)]
-pub const fn timeout_class(state: TcpState) -> TimeoutClass {
+pub const fn timeout_class(state: TcpState, client_fin_first: bool) -> TimeoutClass {
     match state {
         TcpState::SynSent | TcpState::SynRecv => TimeoutClass::Syn,
         TcpState::Established => TimeoutClass::Established,
         TcpState::FinFromClient | TcpState::FinFromBackend => TimeoutClass::HalfClosed,
+        TcpState::BothFin if !client_fin_first => TimeoutClass::TimeWait,
         TcpState::BothFin | TcpState::Reset => TimeoutClass::Closed,
     }
 }
 
 impl Timeouts {
-    /// Seconds an idle flow in `state` is kept.
+    /// Seconds an idle flow of a class is kept.
     #[inline(always)]
-    pub const fn for_state(&self, state: TcpState) -> u32 {
-        match timeout_class(state) {
+    pub const fn for_class(&self, class: TimeoutClass) -> u32 {
+        match class {
             TimeoutClass::Syn => self.syn,
             TimeoutClass::Established => self.established,
             TimeoutClass::HalfClosed => self.half_closed,
             TimeoutClass::Closed => self.closed,
+            TimeoutClass::TimeWait => self.time_wait,
         }
     }
 
-    /// Whether a flow last seen at `last_seen` (seconds, any monotonic
-    /// clock) is expired at `now`.
+    /// Whether a flow in `state` last seen at `last_seen` (seconds, any
+    /// monotonic clock) is expired at `now`.
     #[inline(always)]
-    pub const fn expired(&self, state: TcpState, last_seen: u32, now: u32) -> bool {
-        now.wrapping_sub(last_seen) > self.for_state(state)
+    pub const fn expired(&self, state: TcpState, client_fin_first: bool, last_seen: u32, now: u32) -> bool {
+        now.wrapping_sub(last_seen) > self.for_class(timeout_class(state, client_fin_first))
     }
 }
 
-/// Whether a client SYN on an existing flow starts a new one.
+/// Whether a client SYN on an existing flow starts a new one: the flow is
+/// closed (both FINs, or a reset).
 #[inline(always)]
 pub const fn syn_restarts(state: TcpState) -> bool {
-    matches!(timeout_class(state), TimeoutClass::Closed)
+    matches!(state, TcpState::BothFin | TcpState::Reset)
+}
+
+/// Whether the local port of a flow that ends is still held by the
+/// backend's TIME_WAIT: both closed, the backend first.
+#[inline(always)]
+pub const fn holds_time_wait(state: TcpState, client_fin_first: bool) -> bool {
+    matches!(timeout_class(state, client_fin_first), TimeoutClass::TimeWait)
 }
 
 #[cfg(test)]
@@ -183,13 +207,18 @@ mod tests {
     #[test]
     fn timeouts_by_state() {
         let t = DEFAULT_TIMEOUTS;
-        assert_eq!(t.for_state(SynSent), 30);
-        assert_eq!(t.for_state(Established), 900);
-        assert_eq!(t.for_state(FinFromBackend), 120);
-        assert_eq!(t.for_state(Reset), 10);
-        assert!(!t.expired(Established, 100, 1000));
-        assert!(t.expired(Established, 100, 1001));
-        assert!(t.expired(BothFin, u32::MAX - 5, 5), "across the wrap");
+        let of = |s, first| t.for_class(timeout_class(s, first));
+        assert_eq!(of(SynSent, false), 30);
+        assert_eq!(of(Established, false), 900);
+        assert_eq!(of(FinFromBackend, false), 120);
+        assert_eq!(of(Reset, false), 10);
+        assert_eq!(of(BothFin, true), 10, "client closed first: the backend keeps no TIME_WAIT");
+        assert_eq!(of(BothFin, false), 60, "backend closed first: its TIME_WAIT");
+        assert!(holds_time_wait(BothFin, false) && !holds_time_wait(BothFin, true) && !holds_time_wait(Reset, false));
+        assert!(!t.expired(Established, false, 100, 1000));
+        assert!(t.expired(Established, false, 100, 1001));
+        assert!(t.expired(BothFin, true, u32::MAX - 5, 5), "across the wrap");
+        assert!(!t.expired(BothFin, false, 100, 150) && t.expired(BothFin, false, 100, 161));
         assert!(syn_restarts(BothFin) && syn_restarts(Reset) && !syn_restarts(FinFromClient));
         for v in 0..=8u8 {
             let s = TcpState::from_u8(v);

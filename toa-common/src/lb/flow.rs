@@ -48,11 +48,12 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Service {
-    /// Index of the service (counters).
+    /// Index of the service: its counters, and its Maglev table, entries
+    /// `id * table_size ..` of `LB_MAGLEV`.
     pub id: u32,
     /// Index of its first backend in `LB_BACKENDS`.
     pub first_backend: u32,
-    /// Number of its backends (0: new flows are refused).
+    /// Number of its backends in rotation (0: new flows are refused).
     pub backend_count: u32,
     /// Local ports for its flows.
     pub ports: PortRange,
@@ -68,8 +69,9 @@ pub struct Service {
 
 const _: () = assert!(core::mem::size_of::<Service>() == 20);
 
-/// One backend: value of `LB_BACKENDS`, indexed by
-/// `service.first_backend + choose_backend(..)`.
+/// One backend: value of `LB_BACKENDS`, indexed by the entry of the
+/// service's Maglev table the flow's hash selects
+/// ([`crate::lb::maglev`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backend {
@@ -169,14 +171,31 @@ const _: () = assert!(core::mem::size_of::<Flow>() == 64);
 
 /// Value of `LB_REVERSE`: the `LB_FLOWS` key of the flow a backend packet
 /// belongs to (client address and port, virtual address and port).
+///
+/// When a flow that the backend closed first is replaced by a new one on
+/// the same client tuple, its reverse entry stays behind as a *tombstone*
+/// (`until` set): the local port stays taken until the backend's TIME_WAIT
+/// is over, and backend packets on it are no longer translated.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reverse {
     /// The flow's key in `LB_FLOWS`.
     pub flow: FlowKey,
+    /// 0 for a live entry; for a tombstone, the second (kernel monotonic
+    /// clock) after which the local port is free.
+    pub until: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Reverse>() == 40);
+const _: () = assert!(core::mem::size_of::<Reverse>() == 48);
+
+impl Reverse {
+    /// A live entry for `flow`.
+    pub const fn live(flow: FlowKey) -> Reverse {
+        Reverse { flow, until: 0, _pad: 0 }
+    }
+}
 
 /// Bits of `LB_ADDRS` values: what the data path does with packets to an address.
 pub mod addr_role {
@@ -212,9 +231,12 @@ pub struct LbConfig {
     pub segmenter_peer_ifindex: u32,
     /// Idle timeouts by state.
     pub timeouts: Timeouts,
+    /// Entries of each service's Maglev table (a prime; 0: no tables, new
+    /// flows are refused).
+    pub table_size: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<LbConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<LbConfig>() == 32);
 
 /// Per-backend counters: value of `LB_BACKEND_STATS` (per CPU), by slot.
 #[repr(C)]
@@ -232,9 +254,11 @@ pub struct BackendStats {
     pub flows: u64,
     /// Packets that got the option.
     pub options: u64,
+    /// Packets that should have got it but had no room.
+    pub no_room: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<BackendStats>() == 48);
+const _: () = assert!(core::mem::size_of::<BackendStats>() == 56);
 
 impl FlowKey {
     /// An all-zero key.
@@ -271,15 +295,6 @@ pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
     h ^= h >> 13;
     h = h.wrapping_mul(0xc2b2_ae35);
     h ^ (h >> 16)
-}
-
-/// Which of a service's `count` backends a flow with hash `hash` goes to
-/// (an index below `count`; 0 when `count` is 0). Multiply-shift keeps the
-/// choice uniform without a division. This is the one place a consistent
-/// hash (Maglev) replaces.
-#[inline(always)]
-pub const fn choose_backend(hash: u32, count: u32) -> u32 {
-    ((hash as u64 * count as u64) >> 32) as u32
 }
 
 #[cfg(feature = "user")]
@@ -320,25 +335,16 @@ mod tests {
     }
 
     #[test]
-    fn the_hash_spreads_flows_evenly_over_backends() {
+    fn the_hash_spreads_flows_evenly_over_table_slots() {
+        use crate::lb::maglev::slot;
         let mut per = [0u32; 4];
         for p in 0..8000u16 {
-            per[choose_backend(flow_hash(&key(p + 30000), 0), 4) as usize] += 1;
+            per[(slot(flow_hash(&key(p + 30000), 0), 4099) % 4) as usize] += 1;
         }
         for n in per {
             assert!((1800..=2200).contains(&n), "{per:?}");
         }
         assert_ne!(flow_hash(&key(1), 0), flow_hash(&key(1), 1), "the seed matters");
         assert_eq!(flow_hash(&key(1), 7), flow_hash(&key(1), 7), "deterministic");
-    }
-
-    #[test]
-    fn backend_choice_stays_below_count() {
-        for h in [0, 1, u32::MAX / 2, u32::MAX] {
-            for c in 1..10 {
-                assert!(choose_backend(h, c) < c);
-            }
-            assert_eq!(choose_backend(h, 0), 0);
-        }
     }
 }

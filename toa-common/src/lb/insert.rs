@@ -103,56 +103,85 @@ fn class_of(kind: u8, len: usize) -> u8 {
     }
 }
 
-/// One pass: validates the list and measures each class. `None` when broken.
+/// A length or stage the planner keeps in [`InsertBufs`], read back with a
+/// volatile load at every use.
+///
+/// The eBPF verifier learns a register's exact value from every loop exit
+/// (`if pos >= len break` at a known `pos` pins `len`), and would then walk
+/// everything after the loop once per value it learnt: ten lengths times
+/// two option sizes times three stages. Read from memory, each use is one
+/// unknown (bounded) value again, and the paths after a loop merge.
+#[inline(always)]
+fn get(v: &u32) -> usize {
+    // SAFETY: a read of a live field.
+    (unsafe { core::ptr::read_volatile(v) } as usize) & MASK
+}
+
+#[inline(always)]
+fn set(v: &mut u32, x: usize) {
+    // SAFETY: a write of a live field.
+    unsafe { core::ptr::write_volatile(v, x as u32) }
+}
+
+/// One pass over `b.old[..b.old_len]`: validates the list and measures each
+/// class into `b.census`; false when broken.
 ///
 /// The running state lives in `b.census` (volatile), for the reason given
 /// at [`copy_kept`].
 #[inline(never)]
-fn census(b: &mut InsertBufs, len: usize) -> Option<Census> {
+fn census(b: &mut InsertBufs) -> bool {
     const EOL: u32 = 1 << 15;
-    let InsertBufs { old, census, .. } = b;
+    let InsertBufs { old, census, old_len, .. } = b;
+    let old_len: &u32 = old_len;
     let st: *mut u32 = census.as_mut_ptr();
     // SAFETY (all volatile accesses): `st` points at the 5 words of `b.census`.
-    let get = |i: usize| unsafe { core::ptr::read_volatile(st.add(i)) };
-    let set = |i: usize, v: u32| unsafe { core::ptr::write_volatile(st.add(i), v) };
-    let bump = |i: usize, by: u32| set(i, get(i) + by);
+    let get_st = |i: usize| unsafe { core::ptr::read_volatile(st.add(i)) };
+    let set_st = |i: usize, v: u32| unsafe { core::ptr::write_volatile(st.add(i), v) };
+    let bump = |i: usize, by: u32| set_st(i, get_st(i) + by);
     let mut i = 0;
     while i < 5 {
-        set(i, 0);
+        set_st(i, 0);
         i += 1;
     }
     let mut pos = 0usize;
     while pos < MAX_OPTIONS_LEN {
-        if pos >= len {
+        if pos >= get(old_len) {
             break;
         }
-        let skip = get(0);
+        let skip = get_st(0);
         if skip & EOL != 0 {
             bump(2, 1);
         } else if skip > 0 {
-            set(0, skip - 1);
+            set_st(0, skip - 1);
         } else {
             let kind = old[pos & MASK];
             if kind == TCPOPT_EOL {
-                set(0, EOL);
+                set_st(0, EOL);
                 bump(2, 1);
             } else if kind == TCPOPT_NOP {
                 bump(2, 1);
             } else {
-                if pos + 1 >= len {
-                    return None;
+                if pos + 1 >= get(old_len) {
+                    return false;
                 }
                 let olen = old[(pos + 1) & MASK] as usize;
-                if olen < 2 || pos + olen > len {
-                    return None;
+                if olen < 2 || pos + olen > get(old_len) {
+                    return false;
                 }
                 bump(1 + class_slot(kind, olen), olen as u32);
-                set(0, olen as u32 - 1);
+                set_st(0, olen as u32 - 1);
             }
         }
         pos += 1;
     }
-    Some(Census { keep: get(1) as usize, padding: get(2) as usize, toa: get(3) as usize, sack: get(4) as usize })
+    true
+}
+
+/// The census of `b` after [`census`] ran.
+#[inline(always)]
+fn census_of(b: &InsertBufs) -> Census {
+    let c = |i: usize| get(&b.census[i]);
+    Census { keep: c(1), padding: c(2), toa: c(3), sack: c(4) }
 }
 
 /// The `census` slot of an option's class: 0 kept, 2 old TOA, 3 SACK.
@@ -165,17 +194,20 @@ fn class_slot(kind: u8, len: usize) -> usize {
     }
 }
 
-/// Copies the options of `b.old[..len]` whose class survives `stage` behind
-/// `w` bytes already in `b.out`; returns the new write position.
+/// Copies the options of `b.old[..b.old_len]` whose class survives
+/// `b.stage` behind `b.opt_len` bytes already in `b.out`; returns the new
+/// write position.
 ///
 /// The write position lives in memory (`b.cursor`, volatile): in a register
 /// it would hold a different exact value on every path through the loop,
 /// and the eBPF verifier, unable to merge those paths, would walk 2^40 of
 /// them; read back from a map value it is one unknown (masked) index.
 #[inline(never)]
-fn copy_kept(b: &mut InsertBufs, len: usize, stage: u8, w: usize) -> usize {
+fn copy_kept(b: &mut InsertBufs) -> usize {
     const KEEP: u32 = 1 << 15;
-    let InsertBufs { old, out, cursor, left, .. } = b;
+    let w = get(&b.opt_len);
+    let InsertBufs { old, out, cursor, left, old_len, stage, .. } = b;
+    let (old_len, stage): (&u32, &u32) = (old_len, stage);
     let cursor: *mut u32 = cursor;
     let left: *mut u32 = left;
     // SAFETY: `cursor` and `left` point at fields of `b`, borrowed mutably here.
@@ -185,7 +217,7 @@ fn copy_kept(b: &mut InsertBufs, len: usize, stage: u8, w: usize) -> usize {
     }
     let mut pos = 0usize;
     while pos < MAX_OPTIONS_LEN {
-        if pos >= len {
+        if pos >= get(old_len) {
             break;
         }
         let byte = old[pos & MASK];
@@ -205,7 +237,7 @@ fn copy_kept(b: &mut InsertBufs, len: usize, stage: u8, w: usize) -> usize {
         } else {
             let olen = old[(pos + 1) & MASK] as usize;
             let class = class_of(byte, olen);
-            let keeping = class == 0 || class > stage;
+            let keeping = class == 0 || class as usize > get(stage);
             // SAFETY: as above.
             unsafe { core::ptr::write_volatile(left, (olen as u32 - 1) | if keeping { KEEP } else { 0 }) };
             if keeping {
@@ -247,11 +279,15 @@ pub struct InsertBufs {
     /// The census' running state: bytes still to skip (bit 15: after an
     /// end-of-list), then the sums by class (kept, padding, TOA, SACK).
     pub census: [u32; 5],
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Length of the existing options area (see [`get`]).
+    pub old_len: u32,
+    /// Length of the option to insert.
+    pub opt_len: u32,
+    /// The compaction stage: 1 drops padding, 2 also old TOA, 3 also SACK.
+    pub stage: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<InsertBufs>() == 224);
+const _: () = assert!(core::mem::size_of::<InsertBufs>() == 232);
 
 impl InsertBufs {
     /// All zero.
@@ -262,7 +298,9 @@ impl InsertBufs {
         cursor: 0,
         left: 0,
         census: [0; 5],
-        _pad: 0,
+        old_len: 0,
+        opt_len: 0,
+        stage: 0,
     };
 }
 
@@ -277,46 +315,53 @@ pub fn plan_insert(b: &mut InsertBufs, old_len: usize, opt_len: usize, plan: &mu
     if opt_len == 0 || opt_len > MAX_OPTIONS_LEN || !opt_len.is_multiple_of(4) || !old_len.is_multiple_of(4) {
         return Outcome::NoRoom;
     }
-    let Some(c) = census(b, old_len) else {
+    // From here on both lengths are read from memory at every use (see `get`).
+    set(&mut b.old_len, old_len);
+    set(&mut b.opt_len, opt_len);
+    if !census(b) {
         return Outcome::Malformed;
-    };
+    }
     b.out = [0; OPTION_BUF_LEN];
     let mut i = 0usize;
     while i < MAX_OPTIONS_LEN {
-        if i >= opt_len {
+        if i >= get(&b.opt_len) {
             break;
         }
         b.out[i & MASK] = b.opt[i & MASK];
         i += 1;
     }
-    if old_len + opt_len <= MAX_OPTIONS_LEN {
+    let c = census_of(b);
+    if get(&b.old_len) + get(&b.opt_len) <= MAX_OPTIONS_LEN {
         // Room as it is: the old area verbatim behind the option.
         let mut j = 0usize;
         while j < MAX_OPTIONS_LEN {
-            if j >= old_len {
+            if j >= get(&b.old_len) {
                 break;
             }
-            b.out[(opt_len + j) & MASK] = b.old[j & MASK];
+            b.out[(get(&b.opt_len) + j) & MASK] = b.old[j & MASK];
             j += 1;
         }
-        plan.new_len = (opt_len + old_len) as u32;
+        plan.new_len = (get(&b.opt_len) + get(&b.old_len)) as u32;
         return Outcome::Inserted;
     }
     // Stage 1 drops padding, 2 also old TOA, 3 also SACK.
+    let opt_len = get(&b.opt_len);
     let fits1 = opt_len + c.keep + c.toa + c.sack;
     let fits2 = opt_len + c.keep + c.sack;
     let fits3 = opt_len + c.keep;
     let (stage, dropped) = if fits1 <= MAX_OPTIONS_LEN {
-        (1u8, dropped::PADDING)
+        (1, dropped::PADDING)
     } else if fits2 <= MAX_OPTIONS_LEN {
-        (2u8, dropped::PADDING | dropped::OLD_TOA)
+        (2, dropped::PADDING | dropped::OLD_TOA)
     } else if fits3 <= MAX_OPTIONS_LEN {
-        (3u8, dropped::PADDING | dropped::OLD_TOA | dropped::SACK)
+        (3, dropped::PADDING | dropped::OLD_TOA | dropped::SACK)
     } else {
         return Outcome::NoRoom;
     };
-    let w = copy_kept(b, old_len, stage, opt_len);
+    set(&mut b.stage, stage);
+    let w = copy_kept(b);
     let rounded = (w + 3) & !3;
+    let old_len = get(&b.old_len);
     let new_len = if rounded < old_len { old_len } else { rounded };
     if new_len > MAX_OPTIONS_LEN {
         return Outcome::NoRoom;
@@ -489,7 +534,9 @@ mod tests {
                 cursor: 0,
                 left: 0,
                 census: [0; 5],
-                _pad: 0,
+                old_len: 0,
+                opt_len: 0,
+                stage: 0,
             };
             let mut plan = Plan::default();
             let got = plan_insert(&mut b, c.old.len(), c.opt.len(), &mut plan);
@@ -522,7 +569,9 @@ mod tests {
                 cursor: 0,
                 left: 0,
                 census: [0; 5],
-                _pad: 0,
+                old_len: 0,
+                opt_len: 0,
+                stage: 0,
             };
             plan_insert(&mut b, old_len, opt_len, &mut plan)
         };

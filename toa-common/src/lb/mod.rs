@@ -9,6 +9,7 @@
 //!   drops when the 40 option bytes are full;
 //! - [`mss`]: lowering the MSS of a backend's SYN-ACK by the option length;
 //! - [`carry`]: which client packets carry the option;
+//! - [`maglev`]: the backend choice, Maglev consistent hashing with weights;
 //! - [`ports`]: the local port allocation;
 //! - [`conntrack`]: TCP states and their idle timeouts;
 //! - [`counters`]: the counters.
@@ -19,6 +20,7 @@ pub mod counters;
 pub mod csum;
 pub mod flow;
 pub mod insert;
+pub mod maglev;
 pub mod mss;
 pub mod ports;
 
@@ -50,4 +52,17 @@ pub mod maps {
     pub const COUNTERS: &str = "LB_COUNTERS";
     /// Per-CPU per-backend counters ([`super::flow::BackendStats`]).
     pub const BACKEND_STATS: &str = "LB_BACKEND_STATS";
+    /// The services' Maglev tables, one after the other (`u32` backend
+    /// indices, [`super::maglev::NO_BACKEND`] for none); sized at load.
+    pub const MAGLEV: &str = "LB_MAGLEV";
+    /// Tail-call targets (the option program).
+    pub const JUMP: &str = "LB_JUMP";
+    /// Per-CPU scratch memory of the programs.
+    pub const SCRATCH: &str = "LB_SCRATCH";
+    /// Per-CPU work area of the programs.
+    pub const WORK: &str = "LB_WORK";
+
+    /// Every map, in the order they are pinned.
+    pub const ALL: [&str; 12] =
+        [SERVICES, BACKENDS, FLOWS, REVERSE, ADDRS, CONFIG, COUNTERS, BACKEND_STATS, MAGLEV, JUMP, SCRATCH, WORK];
 }

@@ -7,16 +7,17 @@ use aya_ebpf::{
 };
 use toa_common::lb::{
     carry::{FlowView, carries_option, tcp_flags},
-    conntrack::{DEFAULT_TIMEOUTS, Dir, TcpState, next_state, syn_restarts},
+    conntrack::{DEFAULT_TIMEOUTS, Dir, TcpState, holds_time_wait, next_state, syn_restarts},
     counters::LbCounter,
-    flow::{Flow, FlowKey, LbConfig, PROTO_TCP, Service, ServiceKey, choose_backend, flow_flags, flow_hash},
+    flow::{Flow, FlowKey, LbConfig, PROTO_TCP, Reverse, Service, ServiceKey, flow_flags, flow_hash},
+    maglev::{NO_BACKEND, slot},
     ports::{ATTEMPTS, candidate},
 };
 
 use crate::{
     counters::{backend, count},
     forward,
-    maps::{JUMP_OPTION, LB_BACKENDS, LB_CONFIG, LB_FLOWS, LB_JUMP, LB_REVERSE, LB_SERVICES},
+    maps::{JUMP_OPTION, LB_BACKENDS, LB_CONFIG, LB_FLOWS, LB_JUMP, LB_MAGLEV, LB_REVERSE, LB_SERVICES},
     nat,
     packet::{ETH_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, TC_ACT_UNSPEC, drop, parse_tcp},
     skb::Skb,
@@ -36,7 +37,7 @@ pub fn config() -> LbConfig {
     match LB_CONFIG.get_ptr(0) {
         // SAFETY: a map value pointer, valid for this program run.
         Some(c) => unsafe { *c },
-        None => LbConfig { segmenter_ifindex: 0, segmenter_peer_ifindex: 0, timeouts: DEFAULT_TIMEOUTS },
+        None => LbConfig { segmenter_ifindex: 0, segmenter_peer_ifindex: 0, timeouts: DEFAULT_TIMEOUTS, table_size: 0 },
     }
 }
 
@@ -88,10 +89,21 @@ pub fn on_virtual(skb: &Skb, w: &mut Work, segmented: bool) -> i32 {
         // SAFETY: a map value pointer, valid for this program run.
         let f = unsafe { &*f };
         let state = TcpState::from_u8(f.state);
-        if syn && (syn_restarts(state) || cfg.timeouts.expired(state, f.last_seen, now)) {
+        let client_first = f.flags & flow_flags::CLIENT_FIN_FIRST != 0;
+        let expired = cfg.timeouts.expired(state, client_first, f.last_seen, now);
+        if syn && (syn_restarts(state) || expired) {
             // The client reuses its port for a new connection.
             reverse_key(f, w.ip.family, &mut w.rkey);
-            let _ = LB_REVERSE.remove(&w.rkey);
+            if holds_time_wait(state, client_first) && !expired {
+                // The backend's TIME_WAIT still holds the local port: keep
+                // it taken (a tombstone) until that is over.
+                if let Some(r) = LB_REVERSE.get_ptr_mut(&w.rkey) {
+                    // SAFETY: a map value pointer, valid for this program run.
+                    unsafe { (*r).until = f.last_seen.wrapping_add(cfg.timeouts.time_wait) | 1 };
+                }
+            } else {
+                let _ = LB_REVERSE.remove(&w.rkey);
+            }
             let _ = LB_FLOWS.remove(&w.key);
             count(LbCounter::FlowsRestarted);
             flow = None;
@@ -179,18 +191,26 @@ pub fn on_virtual(skb: &Skb, w: &mut Work, segmented: bool) -> i32 {
 /// both entries.
 #[inline(never)]
 fn create(w: &mut Work, svc: &Service, cfg: &LbConfig, now: u32) -> Result<(), LbCounter> {
-    if svc.backend_count == 0 {
+    let size = cfg.table_size;
+    if svc.backend_count == 0 || size == 0 {
         return Err(LbCounter::DropNoBackend);
     }
     let hash = flow_hash(&w.key, 0);
-    let idx = svc.first_backend + choose_backend(hash, svc.backend_count);
+    let Some(entry) = LB_MAGLEV.get_ptr(svc.id.wrapping_mul(size).wrapping_add(slot(hash, size))) else {
+        return Err(LbCounter::DropNoBackend);
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let idx = unsafe { *entry };
+    if idx == NO_BACKEND {
+        return Err(LbCounter::DropNoBackend);
+    }
     let Some(b) = LB_BACKENDS.get_ptr(idx) else { return Err(LbCounter::DropNoBackend) };
     // SAFETY: a map value pointer, valid for this program run.
     let b = unsafe { &*b };
     if b.family != w.key.family {
         return Err(LbCounter::DropNoBackend);
     }
-    w.rev.flow = w.key;
+    w.rev = Reverse::live(w.key);
     w.rkey = FlowKey { src: b.addr, dst: b.snat, sport: b.port, dport: [0; 2], family: w.key.family, _pad: [0; 3] };
     let mut found = false;
     let mut attempt = 0;
@@ -240,18 +260,25 @@ fn create(w: &mut Work, svc: &Service, cfg: &LbConfig, now: u32) -> Result<(), L
 
 /// Whether the flow holding a local port may give it up to a new one: it is
 /// gone (evicted), expired, reset, or closed by the client first (so the
-/// backend, which closed second, keeps no TIME_WAIT for the tuple).
+/// backend, which closed second, keeps no TIME_WAIT for the tuple); a
+/// tombstone once the backend's TIME_WAIT is over.
 #[inline(never)]
 fn reclaimable(rkey: &FlowKey, cfg: &LbConfig, now: u32) -> bool {
     let Some(r) = LB_REVERSE.get_ptr(rkey) else { return true };
     // SAFETY: a map value pointer, valid for this program run.
+    let until = unsafe { (*r).until };
+    if until != 0 {
+        return (now.wrapping_sub(until) as i32) > 0;
+    }
+    // SAFETY: as above.
     let owner = unsafe { &(*r).flow };
     let Some(f) = LB_FLOWS.get_ptr(owner) else { return true };
     // SAFETY: as above.
     let f = unsafe { &*f };
     let state = TcpState::from_u8(f.state);
-    let closed_cleanly = state == TcpState::BothFin && f.flags & flow_flags::CLIENT_FIN_FIRST != 0;
-    if state == TcpState::Reset || closed_cleanly || cfg.timeouts.expired(state, f.last_seen, now) {
+    let client_first = f.flags & flow_flags::CLIENT_FIN_FIRST != 0;
+    let closed_cleanly = state == TcpState::BothFin && client_first;
+    if state == TcpState::Reset || closed_cleanly || cfg.timeouts.expired(state, client_first, f.last_seen, now) {
         let _ = LB_FLOWS.remove(owner);
         return true;
     }

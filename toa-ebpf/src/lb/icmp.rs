@@ -36,6 +36,10 @@ fn quoted_flow(w: &mut Work, sport: [u8; 2], dport: [u8; 2]) -> Option<u8> {
     w.rkey._pad = [0; 3];
     let r = LB_REVERSE.get_ptr(&w.rkey)?;
     // SAFETY: a map value pointer, valid for this program run.
+    if unsafe { (*r).until } != 0 {
+        return None;
+    }
+    // SAFETY: as above.
     w.key = unsafe { (*r).flow };
     let f = LB_FLOWS.get_ptr(&w.key)?;
     // SAFETY: as above.

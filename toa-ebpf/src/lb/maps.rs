@@ -20,10 +20,18 @@ use toa_common::lb::{
 #[btf_map]
 pub static LB_SERVICES: HashMap<ServiceKey, Service, { MAX_SERVICES as usize }> = HashMap::new();
 
-/// Backends by index (`service.first_backend + choice`). Written by `toa lb`
-/// at start; read by the data path when a flow is created.
+/// Backends by index (what the services' Maglev tables name). Written by
+/// `toa lb` at start and reload; read by the data path when a flow is created.
 #[btf_map]
 pub static LB_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+/// The services' Maglev tables: service `id`'s entries are
+/// `id * table_size .. (id + 1) * table_size`, each a backend index (or
+/// `NO_BACKEND`). Sized by `toa lb` at load (services x table size: the 1
+/// here is a placeholder); written at start, on health changes and reloads;
+/// read when a flow is created.
+#[btf_map]
+pub static LB_MAGLEV: Array<u32, 1> = Array::new();
 
 /// Flows by the client's tuple (client, virtual address, ports). Created by
 /// the data path on a client SYN; updated by both directions; removed by the

@@ -44,7 +44,10 @@ pub fn run(skb: &Skb) -> i32 {
             backend(w.slot, |b| b.options += 1);
         }
         Inserted::Refused(Outcome::Malformed) => count(LbCounter::OptionsMalformed),
-        Inserted::Refused(_) => count(LbCounter::OptionsNoRoom),
+        Inserted::Refused(_) => {
+            count(LbCounter::OptionsNoRoom);
+            backend(w.slot, |b| b.no_room += 1);
+        }
         Inserted::Failed => {
             count(LbCounter::OptionsFailed);
             return drop(LbCounter::DropRewrite);

@@ -44,6 +44,11 @@ pub fn on_local(skb: &Skb, w: &mut Work) -> i32 {
     };
     let Some(r) = LB_REVERSE.get_ptr(&w.rkey) else { return TC_ACT_UNSPEC };
     // SAFETY: a map value pointer, valid for this program run.
+    if unsafe { (*r).until } != 0 {
+        // A tombstone: the flow is over, its port held for the backend's TIME_WAIT.
+        return drop(LbCounter::DropNoFlow);
+    }
+    // SAFETY: as above.
     w.key = unsafe { (*r).flow };
     let Some(f) = LB_FLOWS.get_ptr_mut(&w.key) else {
         let _ = LB_REVERSE.remove(&w.rkey);

@@ -1,9 +1,11 @@
-//! `toa status`: what is attached and pinned.
+//! `toa status`: what is attached and pinned, and the packet-level
+//! forwarders that run.
 
 use anyhow::Result;
 use clap::Args;
 use toa::{
     config::Duration,
+    forwarder::lb,
     ops::{readiness, status::Status},
 };
 
@@ -31,10 +33,47 @@ pub fn run(args: StatusArgs) -> Result<()> {
         readiness::wait_attached(&pins, args.timeout.0)?;
     }
     let status = Status::read(&pins);
+    // The forwarders serving at /run/toa/lb*.sock: what each forwards.
+    let lbs: Vec<serde_json::Value> = lb::discover()
+        .iter()
+        .filter_map(|p| lb::read_stats(p))
+        .map(|v| {
+            serde_json::json!({
+                "socket": v["socket"],
+                "pid": v["pid"],
+                "pin_dir": v["pin_dir"],
+                "flows": v["flows"],
+                "services": v["services"].as_array().into_iter().flatten().map(|s| serde_json::json!({
+                    "listen": s["listen"],
+                    "backends": s["backends"],
+                    "backends_up": s["backends_up"],
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let mut v = serde_json::to_value(&status)?;
+        v["lbs"] = lbs.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", status.to_text());
+        for l in &lbs {
+            println!(
+                "lb {} (pid {}, pins {}): {} flows",
+                l["socket"].as_str().unwrap_or("?"),
+                l["pid"],
+                l["pin_dir"].as_str().unwrap_or("?"),
+                l["flows"]
+            );
+            for s in l["services"].as_array().into_iter().flatten() {
+                println!(
+                    "  service {}: {}/{} backends up",
+                    s["listen"].as_str().unwrap_or("?"),
+                    s["backends_up"],
+                    s["backends"]
+                );
+            }
+        }
     }
     Ok(())
 }

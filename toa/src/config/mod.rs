@@ -6,6 +6,7 @@
 //! and the line; what `toa config` prints is TOML that reads back as the same
 //! configuration.
 
+pub mod lb;
 pub mod proxy;
 pub mod values;
 
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use toa_common::{Format, format::DEFAULT_FORMATS};
 
 pub use self::values::{Duration, MetricsListen, Packets, Prefix};
-use self::{proxy::ProxyConfig, values::formats};
+use self::{lb::LbSection, proxy::ProxyConfig, values::formats};
 use crate::{Error, Result, sys::paths};
 
 /// The default configuration, with comments: what `toa config --default`
@@ -52,6 +53,8 @@ pub struct Config {
     pub metrics_listen: MetricsListen,
     /// The forwarder's settings.
     pub proxy: ProxyConfig,
+    /// The packet-level forwarder's settings (`toa lb`).
+    pub lb: LbSection,
 }
 
 impl Default for Config {
@@ -68,6 +71,7 @@ impl Default for Config {
             pin_dir: PathBuf::from(paths::DEFAULT_PIN_DIR),
             metrics_listen: MetricsListen::DEFAULT,
             proxy: ProxyConfig::default(),
+            lb: LbSection::default(),
         }
     }
 }
@@ -107,6 +111,19 @@ impl Config {
             Error::Config { path: origin.into(), message, line }
         })?;
         config.proxy.check().map_err(|e| Error::Config { path: origin.into(), message: e.to_string(), line: None })?;
+        config.lb.check().map_err(|e| {
+            // A rule across keys of one service: name the line of its `listen`.
+            let line = config
+                .lb
+                .services
+                .iter()
+                .find(|s| e.to_string().starts_with(&format!("service {}:", s.listen)))
+                .and_then(|s| {
+                    let listen = format!("\"{}\"", s.listen);
+                    text.lines().position(|l| l.contains("listen") && l.contains(&listen)).map(|i| i + 1)
+                });
+            Error::Config { path: origin.into(), message: format!("lb: {e}"), line }
+        })?;
         Ok(config)
     }
 
@@ -263,6 +280,50 @@ mod tests {
                 drain_timeout: Duration::from_secs(5),
                 listeners: vec![listener("0.0.0.0:80"), listener("[::]:443")],
             },
+            lb: everything_changed_lb(),
+        }
+    }
+
+    /// An `[lb]` section with a value other than the default for every key.
+    fn everything_changed_lb() -> LbSection {
+        use crate::config::lb::{LbBackendConfig, LbPackets, LbServiceConfig, LbTimeouts, LocalPorts};
+        let mut v6 = LbServiceConfig::new(
+            "[2001:db8::1]:443".parse().expect("addr"),
+            vec![LbBackendConfig { addr: "[2001:db8:1::2]:8443".parse().expect("addr"), weight: 3 }],
+            vec!["2001:db8:1::fa".parse().expect("ip")],
+        );
+        v6.kind = Kind4::try_from(200).expect("kind");
+        v6.kind6 = Kind6::try_from(253).expect("kind6");
+        v6.toa_packets = LbPackets(toa_common::lb::carry::packets::SYN);
+        v6.health =
+            HealthConfig { interval: Duration::from_secs(3), timeout: Duration::from_millis(700), rise: 2, fall: 4 };
+        LbSection {
+            interfaces: vec!["eth0".into(), "eth1".into()],
+            local_ports: "2000-9000".parse::<LocalPorts>().expect("ports"),
+            table_size: 4099,
+            segmenter: false,
+            persist: true,
+            pin_dir: PathBuf::from("/sys/fs/bpf/toa-lb-test"),
+            stats_socket: PathBuf::from("/tmp/lb.sock"),
+            metrics_listen: "127.0.0.1:9412".parse().expect("metrics listener"),
+            timeouts: LbTimeouts {
+                syn: Duration::from_secs(20),
+                established: Duration::from_secs(600),
+                half_closed: Duration::from_secs(90),
+                closed: Duration::from_secs(5),
+                time_wait: Duration::from_secs(61),
+            },
+            services: vec![
+                LbServiceConfig::new(
+                    "192.0.2.1:80".parse().expect("addr"),
+                    vec![
+                        LbBackendConfig::new("10.0.1.2:8080".parse().expect("addr")),
+                        LbBackendConfig { addr: "10.0.1.3:8080".parse().expect("addr"), weight: 0 },
+                    ],
+                    vec!["10.0.1.250".parse().expect("ip"), "10.0.1.251".parse().expect("ip")],
+                ),
+                v6,
+            ],
         }
     }
 

@@ -61,6 +61,108 @@ fn render(snapshot: &Snapshot) -> String {
     out
 }
 
+/// Help text of the packet-level forwarder's counters.
+fn lb_help(name: &str) -> &'static str {
+    match name {
+        "packets_in" => "Client to backend packets translated.",
+        "packets_out" => "Backend to client packets translated.",
+        "flows_created" => "Flows created (client SYNs given a backend and a local port).",
+        "flows_reclaimed" => "Idle flows deleted by the reaper.",
+        "flows_restarted" => "Closed flows replaced by a new SYN on the same client tuple.",
+        "options_inserted" => "Packets that got the option.",
+        "options_compacted" => "Packets that got the option after compaction.",
+        "options_no_room" => "Packets that needed the option but had no room.",
+        "options_malformed" => "Packets that needed the option but had a broken option list.",
+        "options_segmented" => "GSO packets sent through the segmenter.",
+        "options_gso_skipped" => "GSO packets forwarded without the option (no segmenter).",
+        "options_failed" => "Packets whose resize the kernel refused.",
+        "mss_lowered" => "SYN-ACKs whose MSS was lowered by the option length.",
+        "mss_unchanged" => "SYN-ACKs without an MSS to lower.",
+        "icmp_translated" => "ICMP errors about a flow translated back to the client.",
+        n if n.starts_with("drop_") => "Packets dropped, by reason.",
+        _ => "A toa lb counter.",
+    }
+}
+
+/// Renders a forwarder's counters (the JSON its stats socket serves) in the
+/// Prometheus text format: the global counters (drops by reason), then per
+/// service and per backend packets, bytes, flows, options, no_room and
+/// conntrack entries.
+pub(crate) fn render_lb(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let mut drops = Vec::new();
+    if let Some(o) = v.as_object() {
+        for (name, value) in o {
+            let Some(n) = value.as_u64() else { continue };
+            if name == "pid" {
+                continue;
+            }
+            if let Some(reason) = name.strip_prefix("drop_") {
+                drops.push((reason.to_string(), n));
+                continue;
+            }
+            if name == "flows" {
+                out.push_str(&format!(
+                    "# HELP toa_lb_conntrack_entries Flows in the connection table.\n# TYPE toa_lb_conntrack_entries gauge\ntoa_lb_conntrack_entries {n}\n"
+                ));
+                continue;
+            }
+            let metric = format!("toa_lb_{name}_total");
+            out.push_str(&format!("# HELP {metric} {}\n# TYPE {metric} counter\n{metric} {n}\n", lb_help(name)));
+        }
+    }
+    if !drops.is_empty() {
+        out.push_str("# HELP toa_lb_drops_total Packets dropped, by reason.\n# TYPE toa_lb_drops_total counter\n");
+        for (reason, n) in drops {
+            out.push_str(&format!("toa_lb_drops_total{{reason=\"{reason}\"}} {n}\n"));
+        }
+    }
+    let labelled =
+        |out: &mut String, rows: &[serde_json::Value], labels: &dyn Fn(&serde_json::Value) -> String, prefix: &str| {
+            for (key, kind, help) in [
+                ("packets_in", "counter", "Client to backend packets."),
+                ("packets_out", "counter", "Backend to client packets."),
+                ("bytes_in", "counter", "Client to backend bytes."),
+                ("bytes_out", "counter", "Backend to client bytes."),
+                ("flows", "counter", "Flows created."),
+                ("options", "counter", "Packets that got the option."),
+                ("options_no_room", "counter", "Packets that needed the option but had no room."),
+                ("conntrack_entries", "gauge", "Flows in the connection table."),
+                ("up", "gauge", "Whether the backend is in rotation (health checks)."),
+                ("backends_up", "gauge", "Backends in rotation."),
+            ] {
+                let present: Vec<&serde_json::Value> = rows.iter().filter(|r| !r[key].is_null()).collect();
+                if present.is_empty() {
+                    continue;
+                }
+                let metric =
+                    if kind == "counter" { format!("{prefix}_{key}_total") } else { format!("{prefix}_{key}") };
+                out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));
+                for r in present {
+                    let value = r[key].as_u64().or_else(|| r[key].as_bool().map(u64::from)).unwrap_or(0);
+                    out.push_str(&format!("{metric}{{{}}} {value}\n", labels(r)));
+                }
+            }
+        };
+    let services = v["services"].as_array().cloned().unwrap_or_default();
+    labelled(&mut out, &services, &|r| format!("service=\"{}\"", r["listen"].as_str().unwrap_or("")), "toa_lb_service");
+    let backends = v["backends"].as_array().cloned().unwrap_or_default();
+    labelled(
+        &mut out,
+        &backends,
+        &|r| {
+            format!(
+                "service=\"{}\",backend=\"{}\"",
+                r["service"].as_str().unwrap_or(""),
+                r["addr"].as_str().unwrap_or("")
+            )
+        },
+        "toa_lb_backend",
+    );
+    out.push_str("# HELP toa_lb_up Whether the forwarder is running.\n# TYPE toa_lb_up gauge\ntoa_lb_up 1\n");
+    out
+}
+
 /// A running metrics listener.
 pub struct MetricsServer {
     addr: SocketAddr,
@@ -184,6 +286,25 @@ fn serve(mut stream: TcpStream, handler: &impl Fn(&str) -> Reply) -> std::io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_forwarders_counters_are_labelled_by_service_and_backend() {
+        let v = serde_json::json!({
+            "packets_in": 7, "drop_no_flow": 2, "flows": 3,
+            "services": [{"listen": "192.0.2.1:80", "packets_in": 7, "conntrack_entries": 3, "backends_up": 1}],
+            "backends": [{"service": "192.0.2.1:80", "addr": "10.0.0.2:80", "packets_in": 7, "up": true}],
+        });
+        let text = render_lb(&v);
+        assert!(text.contains("toa_lb_packets_in_total 7\n"), "{text}");
+        assert!(text.contains("toa_lb_drops_total{reason=\"no_flow\"} 2\n"), "{text}");
+        assert!(text.contains("toa_lb_conntrack_entries 3\n"), "{text}");
+        assert!(text.contains("toa_lb_service_conntrack_entries{service=\"192.0.2.1:80\"} 3\n"), "{text}");
+        assert!(
+            text.contains("toa_lb_backend_packets_in_total{service=\"192.0.2.1:80\",backend=\"10.0.0.2:80\"} 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("toa_lb_backend_up{service=\"192.0.2.1:80\",backend=\"10.0.0.2:80\"} 1\n"), "{text}");
+    }
 
     #[test]
     fn names_are_prefixed_once() {

@@ -538,3 +538,101 @@ except (ConnectionError, BrokenPipeError) as e:
     print("refused:", repr(e), flush=True)
 print("refused", flush=True)
 "#;
+
+/// A unique pin directory on bpffs for one `toa lb`, removed on drop (with
+/// anything left in it).
+#[derive(Debug)]
+pub struct PinGuard(pub PathBuf);
+
+impl PinGuard {
+    pub fn new() -> PinGuard {
+        PinGuard(PathBuf::from("/sys/fs/bpf").join(unique_name("toa-lb-test", 40)))
+    }
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `toa lb` with its own pin directory and stats socket.
+pub struct LbProc {
+    pub proc: Spawned,
+    pub socket: PathBuf,
+    pub pins: PinGuard,
+}
+
+impl LbProc {
+    /// Starts `toa lb ARGS` in `ns` with the pin directory `pins` and waits until it is ready.
+    pub fn start_in(ns: &integration_test::netns::Netns, args: &[&str], pins: PinGuard) -> LbProc {
+        let socket = std::env::temp_dir().join(format!("{}.sock", unique_name("toa-lb", 40)));
+        LbProc::start_with_socket(ns, args, pins, socket)
+    }
+
+    /// As [`LbProc::start_in`], with a given stats socket.
+    pub fn start_with_socket(
+        ns: &integration_test::netns::Netns,
+        args: &[&str],
+        pins: PinGuard,
+        socket: PathBuf,
+    ) -> LbProc {
+        let mut cmd = command_in(Some(&ns.path()), None, TOA);
+        cmd.arg("lb").args(args).arg("--stats-socket").arg(&socket).arg("--pin-dir").arg(&pins.0);
+        cmd.env("RUST_LOG", "info");
+        let mut proc = spawn(cmd);
+        proc.wait_for_line(Stream::Stderr, |l| l.contains("lb ready"), READY);
+        LbProc { proc, socket, pins }
+    }
+
+    pub fn stats(&self) -> Value {
+        use std::io::Read as _;
+        let mut conn = std::os::unix::net::UnixStream::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.socket.display()));
+        let mut text = String::new();
+        conn.read_to_string(&mut text).expect("read stats");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("stats are not JSON ({e}): {text}"))
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        let v = self.stats();
+        v[name].as_u64().unwrap_or_else(|| panic!("counter {name} missing in {v}"))
+    }
+}
+
+impl Drop for LbProc {
+    fn drop(&mut self) {
+        let _ = self.proc.terminate();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// The names of the programs attached to the ingress of `ifname` in the
+/// namespace `ns`, as the kernel reports them: TCX links (6.6 and later),
+/// else the tc filters `tc filter show` lists.
+pub fn ingress_programs(ns: &integration_test::netns::Netns, ifname: &str) -> Vec<String> {
+    let path = ns.path();
+    let name = ifname.to_string();
+    let tcx = std::thread::spawn(move || {
+        integration_test::netns::enter(&path);
+        aya::programs::SchedClassifier::query_tcx(&name, aya::programs::TcAttachType::Ingress)
+            .map(|(_, progs)| progs.iter().map(|p| p.name_as_str().unwrap_or("?").to_string()).collect::<Vec<_>>())
+            .ok()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    if let Some(names) = tcx {
+        return names;
+    }
+    // One line per filter; a BPF filter's line names its program twice
+    // (the filter's name, then `name PROG`): take the first.
+    let out = run_in(Some(&ns.path()), None, &["tc", "filter", "show", "dev", ifname, "ingress"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|w| w.starts_with("toa_lb_"))
+                .map(|w| w.split(':').next().unwrap_or(w).to_string())
+        })
+        .collect()
+}

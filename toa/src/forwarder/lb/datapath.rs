@@ -1,32 +1,51 @@
-//! Loading the forwarder's eBPF object, filling its maps and attaching its
-//! programs; reading its counters.
+//! Loading the forwarder's eBPF object with its maps pinned, attaching (or
+//! adopting) its programs, and detaching them.
+//!
+//! Every map is pinned as `<pin_dir>/maps/<NAME>` and reused by the next
+//! `toa lb` on the same pin directory, so a restart (after a crash, a
+//! SIGKILL, an upgrade) finds every flow where it was. The attachments
+//! outlive the process too: on kernels with TCX (6.6+) the links are pinned
+//! as `<pin_dir>/links/<IFNAME>`; before, the tc filters live on in the
+//! kernel by themselves, at a fixed priority and handle. A new process
+//! swaps its programs into those attachments in one step (`bpf_link_update`,
+//! or a tc filter replace), so the interfaces never go without a program
+//! and never have two.
 
 use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    fs, io,
+    net::IpAddr,
+    path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray},
-    programs::{SchedClassifier, TcAttachType, tc, tc::SchedClassifierLinkId},
+    maps::{MapInfo, ProgramArray},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+    },
     util::KernelVersion,
 };
 use toa_common::lb::{
-    conntrack::DEFAULT_TIMEOUTS,
-    counters::{LB_COUNTER_COUNT, LB_COUNTER_NAMES},
+    counters::LB_COUNTER_COUNT,
     flow::{
-        AddrKey, Backend, BackendStats, Flow, FlowKey, LbConfig, PROTO_TCP, Reverse, Service, ServiceKey, addr_role,
-        family,
+        AddrKey, Backend, BackendStats, Flow, FlowKey, LbConfig, MAX_ADDRS, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES,
+        Reverse, Service, ServiceKey, family,
     },
+    insert::InsertBufs,
     maps, programs,
 };
 
-use super::settings::Settings;
 use crate::{Error, Result};
 
 /// The eBPF object built from `toa-ebpf`'s `toa-lb` binary by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/toa-lb"));
+
+/// tc priority of the forwarder's filter on kernels without TCX.
+const TC_PRIORITY: u16 = 0x7a1;
+/// tc handle of the forwarder's filter on kernels without TCX.
+const TC_HANDLE: TcHandle = TcHandle::new(0, 0x7a1);
 
 /// An address as the maps hold it: 16 bytes, IPv4 in the first 4, and its family.
 pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
@@ -40,27 +59,154 @@ pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
-/// `LB_FLOWS` from user space.
-pub type FlowMap = HashMap<MapData, FlowKey, Flow>;
-/// `LB_REVERSE` from user space.
-pub type ReverseMap = HashMap<MapData, FlowKey, Reverse>;
+/// Where one forwarder pins its maps and links.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LbPins {
+    root: PathBuf,
+}
+
+impl LbPins {
+    /// The layout under `root` (on bpffs).
+    pub fn new(root: impl Into<PathBuf>) -> LbPins {
+        LbPins { root: root.into() }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Pin path of a map.
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join("maps").join(name)
+    }
+
+    /// Pin path of an interface's link (TCX).
+    pub fn link(&self, ifname: &str) -> PathBuf {
+        self.root.join("links").join(ifname)
+    }
+
+    /// The interfaces with a pinned link.
+    pub fn linked_interfaces(&self) -> Vec<String> {
+        let Ok(dir) = fs::read_dir(self.root.join("links")) else { return Vec::new() };
+        let mut names: Vec<String> = dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    /// Whether an earlier forwarder left maps here.
+    pub fn has_maps(&self) -> bool {
+        self.map(maps::FLOWS).exists()
+    }
+
+    /// Removes every pin and the directory.
+    pub fn remove_all(&self) {
+        for sub in ["maps", "links"] {
+            let dir = self.root.join(sub);
+            if let Ok(entries) = fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+            let _ = fs::remove_dir(&dir);
+        }
+        let _ = fs::remove_dir(&self.root);
+    }
+}
+
+/// The (key size, value size, max entries) each map must have; a pin of
+/// another shape comes from an incompatible version (or, for the Maglev
+/// tables, another number of services or table size) and is replaced.
+fn expected_shape(name: &str, table_entries: u32) -> (u32, u32, u32) {
+    let s = |n: usize| n as u32;
+    match name {
+        maps::SERVICES => (s(size_of::<ServiceKey>()), s(size_of::<Service>()), MAX_SERVICES),
+        maps::BACKENDS => (4, s(size_of::<Backend>()), MAX_BACKENDS),
+        maps::FLOWS => (s(size_of::<FlowKey>()), s(size_of::<Flow>()), MAX_FLOWS),
+        maps::REVERSE => (s(size_of::<FlowKey>()), s(size_of::<Reverse>()), MAX_FLOWS),
+        maps::ADDRS => (s(size_of::<AddrKey>()), 1, MAX_ADDRS),
+        maps::CONFIG => (4, s(size_of::<LbConfig>()), 1),
+        maps::COUNTERS => (4, 8, LB_COUNTER_COUNT),
+        maps::BACKEND_STATS => (4, s(size_of::<BackendStats>()), MAX_BACKENDS),
+        maps::MAGLEV => (4, 4, table_entries),
+        maps::JUMP => (4, 4, 1),
+        // The work areas: only their key size is checked (their layout is private to the object).
+        maps::SCRATCH => (4, 0, 1),
+        _ => (4, 0, 1),
+    }
+}
+
+/// Whether a pinned map has the shape this version needs.
+fn compatible(path: &Path, name: &str, table_entries: u32) -> bool {
+    let Ok(info) = MapInfo::from_pin(path) else { return false };
+    let (k, v, n) = expected_shape(name, table_entries);
+    let value_ok = v == 0 || info.value_size() == v;
+    let scratch_ok = name != maps::SCRATCH || info.value_size() as usize >= size_of::<InsertBufs>();
+    info.key_size() == k && value_ok && scratch_ok && info.max_entries() == n
+}
 
 /// The loaded object and what is attached.
 pub struct Datapath {
     ebpf: Ebpf,
-    attached: Vec<(&'static str, String, SchedClassifierLinkId)>,
-    /// Backend addresses by counters slot.
-    pub backends: Vec<SocketAddr>,
+    pins: LbPins,
+    attached: Vec<Attachment>,
+    /// Whether the maps came from an earlier forwarder.
+    pub adopted_maps: bool,
+}
+
+/// One interface's attachment.
+struct Attachment {
+    ifname: String,
+    kind: AttachKind,
+}
+
+enum AttachKind {
+    /// A TCX link, pinned.
+    Tcx(FdLink),
+    /// A tc filter at [`TC_PRIORITY`]/[`TC_HANDLE`].
+    Netlink,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
     move |source| Error::Map { name, source }
 }
 
+fn program_load_err(e: aya::programs::ProgramError) -> Error {
+    Error::ProgramLoad {
+        name: programs::INGRESS,
+        role: "the forwarder's data path (tc, bpf_fib_lookup, bpf_redirect_neigh)",
+        reason: verifier_reason(&e),
+    }
+}
+
+/// Whether tc programs attach through TCX links (6.6+).
+fn has_tcx() -> bool {
+    KernelVersion::current().map(|v| v >= KernelVersion::new(6, 6, 0)).unwrap_or(false)
+}
+
 impl Datapath {
-    /// Loads the object and fills its maps (nothing attached yet).
-    pub fn load(s: &Settings) -> Result<Datapath> {
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| Error::ProgramLoad {
+    /// Loads the object with its maps pinned under `pins` (reusing the maps
+    /// an earlier forwarder pinned there when they fit), the Maglev tables
+    /// sized for `table_entries`, and fills the tail-call table. Nothing is
+    /// attached yet.
+    pub fn load(pins: &LbPins, table_entries: u32) -> Result<Datapath> {
+        fs::create_dir_all(pins.root().join("maps")).map_err(Error::io("creating", pins.root()))?;
+        fs::create_dir_all(pins.root().join("links")).map_err(Error::io("creating", pins.root()))?;
+        let adopted_maps = pins.has_maps();
+        for name in maps::ALL {
+            let path = pins.map(name);
+            if path.exists() && !compatible(&path, name, table_entries) {
+                tracing::warn!(map = name, "replacing a pinned map of another shape");
+                fs::remove_file(&path).map_err(Error::io("removing", &path))?;
+            }
+        }
+        let paths: Vec<(&str, PathBuf)> = maps::ALL.iter().map(|m| (*m, pins.map(m))).collect();
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(maps::MAGLEV, table_entries.max(1));
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| Error::ProgramLoad {
             name: programs::INGRESS,
             role: "the forwarder's data path",
             reason: e.to_string().lines().next().unwrap_or_default().to_string(),
@@ -71,11 +217,7 @@ impl Datapath {
                 .ok_or(Error::MissingProgram(programs::INGRESS))?
                 .try_into()
                 .map_err(|source| Error::Program { name: programs::INGRESS, source })?;
-            prog.load().map_err(|e| Error::ProgramLoad {
-                name: programs::INGRESS,
-                role: "the forwarder's data path (tc, bpf_fib_lookup, bpf_redirect_neigh)",
-                reason: verifier_reason(&e),
-            })?;
+            prog.load().map_err(program_load_err)?;
         }
         let option_fd = {
             let prog: &SchedClassifier = ebpf
@@ -88,126 +230,130 @@ impl Datapath {
                 .try_clone()
                 .map_err(Error::io("duplicating", programs::OPTION))?
         };
-        let mut jump = ProgramArray::try_from(ebpf.map_mut("LB_JUMP").ok_or(Error::MissingMap("LB_JUMP"))?)
-            .map_err(map_err("LB_JUMP"))?;
-        jump.set(0, &option_fd, 0).map_err(map_err("LB_JUMP"))?;
-
-        let mut addrs: HashMap<&mut MapData, AddrKey, u8> =
-            HashMap::try_from(ebpf.map_mut(maps::ADDRS).ok_or(Error::MissingMap(maps::ADDRS))?)
-                .map_err(map_err(maps::ADDRS))?;
-        let mut roles: BTreeMap<([u8; 16], u8), u8> = BTreeMap::new();
-        for svc in &s.services {
-            *roles.entry(addr_bytes(svc.listen.ip())).or_default() |= addr_role::VIRTUAL;
-            *roles.entry(addr_bytes(svc.snat)).or_default() |= addr_role::LOCAL;
-        }
-        for ((addr, fam), role) in &roles {
-            addrs.insert(AddrKey { addr: *addr, family: *fam, _pad: [0; 3] }, role, 0).map_err(map_err(maps::ADDRS))?;
-        }
-
-        let mut backend_list = Vec::new();
-        {
-            let mut bmap: Array<&mut MapData, Backend> =
-                Array::try_from(ebpf.map_mut(maps::BACKENDS).ok_or(Error::MissingMap(maps::BACKENDS))?)
-                    .map_err(map_err(maps::BACKENDS))?;
-            for svc in &s.services {
-                let (snat, _) = addr_bytes(svc.snat);
-                for b in &svc.backends {
-                    let slot = backend_list.len() as u32;
-                    let (addr, fam) = addr_bytes(b.ip());
-                    let entry = Backend { addr, snat, port: b.port().to_be_bytes(), family: fam, _pad: 0, slot };
-                    bmap.set(slot, entry, 0).map_err(map_err(maps::BACKENDS))?;
-                    backend_list.push(*b);
-                }
-            }
-        }
-        let mut services: HashMap<&mut MapData, ServiceKey, Service> =
-            HashMap::try_from(ebpf.map_mut(maps::SERVICES).ok_or(Error::MissingMap(maps::SERVICES))?)
-                .map_err(map_err(maps::SERVICES))?;
-        let mut first = 0u32;
-        for (id, svc) in s.services.iter().enumerate() {
-            let (addr, fam) = addr_bytes(svc.listen.ip());
-            let key = ServiceKey { addr, port: svc.listen.port().to_be_bytes(), family: fam, proto: PROTO_TCP };
-            let value = Service {
-                id: id as u32,
-                first_backend: first,
-                backend_count: svc.backends.len() as u32,
-                ports: s.ports,
-                option_kind: svc.kind,
-                option_len: svc.len,
-                packets: s.packets,
-                _pad: 0,
-            };
-            services.insert(key, value, 0).map_err(map_err(maps::SERVICES))?;
-            first += svc.backends.len() as u32;
-        }
-        Ok(Datapath { ebpf, attached: Vec::new(), backends: backend_list })
+        let mut jump = ProgramArray::try_from(ebpf.map_mut(maps::JUMP).ok_or(Error::MissingMap(maps::JUMP))?)
+            .map_err(map_err(maps::JUMP))?;
+        jump.set(0, &option_fd, 0).map_err(map_err(maps::JUMP))?;
+        Ok(Datapath { ebpf, pins: pins.clone(), attached: Vec::new(), adopted_maps })
     }
 
-    /// Writes the settings map (segmenter ends, timeouts).
-    pub fn configure(&mut self, segmenter: Option<(u32, u32)>) -> Result<()> {
-        let mut cfg: Array<&mut MapData, LbConfig> =
-            Array::try_from(self.ebpf.map_mut(maps::CONFIG).ok_or(Error::MissingMap(maps::CONFIG))?)
-                .map_err(map_err(maps::CONFIG))?;
-        let (s, r) = segmenter.unwrap_or((0, 0));
-        let value = LbConfig { segmenter_ifindex: s, segmenter_peer_ifindex: r, timeouts: DEFAULT_TIMEOUTS };
-        cfg.set(0, value, 0).map_err(map_err(maps::CONFIG))
+    /// Takes a map out of the object (for the tables, the reaper and the counters).
+    pub fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map> {
+        self.ebpf.take_map(name).ok_or(Error::MissingMap(name))
     }
 
-    /// Attaches `program` to the ingress of `ifname`.
-    pub fn attach(&mut self, program: &'static str, ifname: &str) -> Result<()> {
-        // Before TCX (6.6) tc programs need a clsact qdisc; one already there is fine.
-        let tcx = KernelVersion::current().map(|v| v >= KernelVersion::new(6, 6, 0)).unwrap_or(false);
-        if !tcx {
-            let _ = tc::qdisc_add_clsact(ifname);
-        }
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(program)
+    fn ingress(&mut self) -> Result<&mut SchedClassifier> {
+        self.ebpf
+            .program_mut(programs::INGRESS)
             .ok_or(Error::MissingProgram(programs::INGRESS))?
             .try_into()
-            .map_err(|source| Error::Program { name: programs::INGRESS, source })?;
-        let id = prog
-            .attach(ifname, TcAttachType::Ingress)
-            .map_err(|e| Error::Invalid(format!("cannot attach to the ingress of {ifname}: {e}")))?;
-        self.attached.push((program, ifname.to_string(), id));
-        Ok(())
+            .map_err(|source| Error::Program { name: programs::INGRESS, source })
     }
 
-    /// Detaches everything attached (also done on drop).
-    pub fn detach_all(&mut self) {
-        for (program, _, id) in self.attached.drain(..).rev() {
-            if let Some(p) = self.ebpf.program_mut(program) {
-                let prog: std::result::Result<&mut SchedClassifier, _> = p.try_into();
-                if let Ok(prog) = prog {
-                    let _ = prog.detach(id);
-                }
+    /// Attaches the main program to the ingress of `ifname`, or swaps it
+    /// into the attachment an earlier forwarder left there; returns whether
+    /// it was adopted.
+    pub fn attach(&mut self, ifname: &str) -> Result<bool> {
+        let cannot =
+            |e: &dyn std::fmt::Display| Error::Invalid(format!("cannot attach to the ingress of {ifname}: {e}"));
+        if has_tcx() {
+            let path = self.pins.link(ifname);
+            let adopted = path.exists();
+            let prog = self.ingress()?;
+            let id = if adopted {
+                let old = PinnedLink::from_pin(&path).map_err(|e| cannot(&e))?;
+                let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| cannot(&e))?;
+                prog.attach_to_link(link).map_err(|e| cannot(&e))?
+            } else {
+                prog.attach(ifname, TcAttachType::Ingress).map_err(|e| cannot(&e))?
+            };
+            let link = FdLink::try_from(prog.take_link(id).map_err(|e| cannot(&e))?).map_err(|e| cannot(&e))?;
+            if !adopted {
+                let pinned = link.pin(&path).map_err(|e| cannot(&e))?;
+                self.attached.push(Attachment { ifname: ifname.into(), kind: AttachKind::Tcx(pinned.into()) });
+            } else {
+                self.attached.push(Attachment { ifname: ifname.into(), kind: AttachKind::Tcx(link) });
             }
+            return Ok(adopted);
+        }
+        let _ = tc::qdisc_add_clsact(ifname);
+        let opts = NlOptions { priority: TC_PRIORITY, handle: TC_HANDLE, ..NlOptions::default() };
+        let prog = self.ingress()?;
+        let (id, adopted) =
+            match prog.attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::Netlink(opts)) {
+                Ok(id) => (id, false),
+                Err(first) => {
+                    // A filter of ours is there already (an earlier forwarder): replace its program.
+                    let old =
+                        SchedClassifierLink::attached(ifname, TcAttachType::Ingress, TC_PRIORITY, TC_HANDLE, None)
+                            .map_err(|e| cannot(&e))?;
+                    match prog.attach_to_link(old) {
+                        Ok(id) => (id, true),
+                        Err(_) => return Err(cannot(&first)),
+                    }
+                }
+            };
+        // Owned by the kernel from here: dropping the object must not detach it.
+        std::mem::forget(prog.take_link(id).map_err(|e| cannot(&e))?);
+        self.attached.push(Attachment { ifname: ifname.into(), kind: AttachKind::Netlink });
+        Ok(adopted)
+    }
+
+    /// Detaches the program from `ifname` and removes its pin.
+    pub fn detach(&mut self, ifname: &str) {
+        let Some(i) = self.attached.iter().position(|a| a.ifname == ifname) else { return };
+        let a = self.attached.remove(i);
+        detach_one(&self.pins, a);
+    }
+
+    /// Detaches from every interface and removes the link pins (a clean stop).
+    pub fn detach_all(&mut self) {
+        for a in self.attached.drain(..).rev() {
+            detach_one(&self.pins, a);
         }
     }
 
-    /// Takes the flow maps out (for the reaper).
-    pub fn take_flow_maps(&mut self) -> Result<(FlowMap, ReverseMap)> {
-        let f = self.ebpf.take_map(maps::FLOWS).ok_or(Error::MissingMap(maps::FLOWS))?;
-        let r = self.ebpf.take_map(maps::REVERSE).ok_or(Error::MissingMap(maps::REVERSE))?;
-        Ok((HashMap::try_from(f).map_err(map_err(maps::FLOWS))?, HashMap::try_from(r).map_err(map_err(maps::REVERSE))?))
-    }
-
-    /// Takes the counter maps out (for the stats thread).
-    pub fn take_counter_maps(&mut self) -> Result<Counters> {
-        let c = self.ebpf.take_map(maps::COUNTERS).ok_or(Error::MissingMap(maps::COUNTERS))?;
-        let b = self.ebpf.take_map(maps::BACKEND_STATS).ok_or(Error::MissingMap(maps::BACKEND_STATS))?;
-        Ok(Counters {
-            counters: PerCpuArray::try_from(c).map_err(map_err(maps::COUNTERS))?,
-            backends: PerCpuArray::try_from(b).map_err(map_err(maps::BACKEND_STATS))?,
-            addrs: self.backends.clone(),
-        })
+    /// Leaves everything attached and pinned for the next forwarder.
+    pub fn leave_attached(&mut self) {
+        for a in self.attached.drain(..) {
+            if let AttachKind::Tcx(link) = a.kind {
+                // The pin keeps the link; closing our descriptor does not detach it.
+                drop(link);
+            }
+        }
     }
 }
 
-impl Drop for Datapath {
-    fn drop(&mut self) {
-        self.detach_all();
+fn detach_one(pins: &LbPins, a: Attachment) {
+    match a.kind {
+        AttachKind::Tcx(link) => {
+            let _ = fs::remove_file(pins.link(&a.ifname));
+            drop(link);
+        }
+        AttachKind::Netlink => detach_netlink(&a.ifname),
     }
+}
+
+fn detach_netlink(ifname: &str) {
+    if let Ok(link) = SchedClassifierLink::attached(ifname, TcAttachType::Ingress, TC_PRIORITY, TC_HANDLE, None) {
+        // Dropping the link handle deletes the filter.
+        drop(link);
+    }
+}
+
+/// Detaches what an earlier forwarder left on `ifname` (an interface it
+/// no longer forwards on): its pinned TCX link, or its tc filter.
+pub fn detach_leftover(pins: &LbPins, ifname: &str) -> io::Result<()> {
+    let path = pins.link(ifname);
+    if path.exists() {
+        if let Ok(link) = PinnedLink::from_pin(&path) {
+            let _ = link.unpin();
+        } else {
+            fs::remove_file(&path)?;
+        }
+    } else if !has_tcx() {
+        detach_netlink(ifname);
+    }
+    Ok(())
 }
 
 /// The kernel's reason a program was refused, in one line.
@@ -219,46 +365,5 @@ fn verifier_reason(e: &aya::programs::ProgramError) -> String {
             format!("{io_error}: {last}")
         }
         other => other.to_string(),
-    }
-}
-
-/// The counter maps.
-pub struct Counters {
-    counters: PerCpuArray<MapData, u64>,
-    backends: PerCpuArray<MapData, BackendStats>,
-    addrs: Vec<SocketAddr>,
-}
-
-impl Counters {
-    /// Totals over CPUs, by name.
-    pub fn totals(&self) -> Vec<(&'static str, u64)> {
-        (0..LB_COUNTER_COUNT)
-            .map(|i| {
-                let sum = self.counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
-                (LB_COUNTER_NAMES[i as usize], sum)
-            })
-            .collect()
-    }
-
-    /// Per-backend totals.
-    pub fn backends(&self) -> Vec<(SocketAddr, BackendStats)> {
-        self.addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let mut t = BackendStats::default();
-                if let Ok(v) = self.backends.get(&(i as u32), 0) {
-                    for s in v.iter() {
-                        t.packets_in += s.packets_in;
-                        t.bytes_in += s.bytes_in;
-                        t.packets_out += s.packets_out;
-                        t.bytes_out += s.bytes_out;
-                        t.flows += s.flows;
-                        t.options += s.options;
-                    }
-                }
-                (*a, t)
-            })
-            .collect()
     }
 }

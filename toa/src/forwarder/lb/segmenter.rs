@@ -14,13 +14,16 @@ use std::{ffi::CString, fs, io, process::Command};
 
 use crate::{Error, Result};
 
-/// A veth pair, deleted on drop.
+/// A veth pair, deleted on drop unless [`Segmenter::keep`] was called.
 #[derive(Debug)]
 pub struct Segmenter {
     /// The sending end (no offloads).
     pub send: String,
     /// The receiving end (the program attaches to its ingress).
     pub recv: String,
+    /// An earlier forwarder made it (on the same pin directory).
+    pub adopted: bool,
+    keep: bool,
 }
 
 const ETHTOOL_STXCSUM: u32 = 0x17;
@@ -84,15 +87,30 @@ pub fn ifindex(name: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
+/// The segmenter's name for a forwarder pinned at `pin_dir`: `tlb` and 8
+/// hex digits of a hash of the directory, so that a restarted forwarder
+/// finds its own and two forwarders on one host never share one.
+pub fn name_for(pin_dir: &std::path::Path) -> String {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in pin_dir.as_os_str().as_encoded_bytes() {
+        h = (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("tlb{:08x}", (h ^ (h >> 32)) as u32)
+}
+
 impl Segmenter {
-    /// Creates the pair `tlb<pid>s` / `tlb<pid>r`, offloads off on the
-    /// sending end, IPv6 off on both (no addresses, nothing of their own to
-    /// send), both up.
-    pub fn create() -> Result<Segmenter> {
-        let id = std::process::id();
-        let seg = Segmenter { send: format!("tlb{id}s"), recv: format!("tlb{id}r") };
-        ip(&["link", "add", &seg.send, "mtu", "65535", "type", "veth", "peer", "name", &seg.recv, "mtu", "65535"])?;
-        // From here on, drop deletes the pair whatever fails next.
+    /// Creates the pair `<name>s` / `<name>r` (or takes the one an earlier
+    /// forwarder left), offloads off on the sending end, IPv6 off on both
+    /// (no addresses, nothing of their own to send), both up.
+    pub fn create(name: &str) -> Result<Segmenter> {
+        let mut seg = Segmenter { send: format!("{name}s"), recv: format!("{name}r"), adopted: false, keep: false };
+        if ifindex(&seg.send).is_some() && ifindex(&seg.recv).is_some() {
+            seg.adopted = true;
+        } else {
+            let _ = Command::new("ip").args(["link", "del", &seg.send]).output();
+            ip(&["link", "add", &seg.send, "mtu", "65535", "type", "veth", "peer", "name", &seg.recv, "mtu", "65535"])?;
+        }
+        // From here on, drop deletes the pair whatever fails next (unless adopted).
         for ifname in [&seg.send, &seg.recv] {
             let p = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
             if std::path::Path::new(&p).exists() {
@@ -118,8 +136,24 @@ impl Segmenter {
     }
 }
 
+impl Segmenter {
+    /// Leaves the pair in place when dropped (for the next forwarder).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// Deletes the pair when dropped, even one adopted.
+    pub fn remove_on_drop(&mut self) {
+        self.keep = false;
+        self.adopted = false;
+    }
+}
+
 impl Drop for Segmenter {
     fn drop(&mut self) {
+        if self.keep || self.adopted {
+            return;
+        }
         // Deleting one end deletes the pair.
         let _ = Command::new("ip").args(["link", "del", &self.send]).output();
     }

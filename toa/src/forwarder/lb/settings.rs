@@ -1,29 +1,34 @@
-//! What `toa lb` is told to do: its flags ([`Flags`], filled by the CLI)
-//! turned into validated [`Settings`].
+//! What `toa lb` is told to do: the `[lb]` section of a configuration file,
+//! or its flags ([`Flags`], filled by the CLI, turned into the same
+//! section), resolved for this node into [`Settings`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
-use toa_common::lb::{carry::packets, ports::PortRange};
+use toa_common::lb::ports::PortRange;
 
 use crate::{
     Error, Result,
     config::{
-        proxy::{Kind4, Kind6},
-        values::parse_addr,
+        lb::{LbBackendConfig, LbPackets, LbSection, LbServiceConfig, LocalPorts},
+        proxy::{HealthConfig, Kind4, Kind6},
+        values::{Duration, parse_addr},
     },
 };
 
-/// Where the running forwarder serves its counters.
-pub const DEFAULT_STATS_SOCKET: &str = "/run/toa/lb.sock";
+pub use crate::config::lb::DEFAULT_STATS_SOCKET;
 
-/// The flags of `toa lb`, as given (see the CLI for their meaning).
+/// The flags of `toa lb` without `--config`, as given (see the CLI for
+/// their meaning).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Flags {
     /// `--listen VIP:PORT`, repeatable.
     pub listen: Vec<String>,
-    /// `--backend ADDR:PORT`, repeatable.
+    /// `--backend ADDR:PORT[,weight=N]`, repeatable.
     pub backends: Vec<String>,
-    /// `--snat LOCAL_ADDR`, one per family in use.
+    /// `--snat LOCAL_ADDR`, repeatable.
     pub snat: Vec<String>,
     /// `--iface IF`, repeatable (empty: all but loopback).
     pub ifaces: Vec<String>,
@@ -37,84 +42,25 @@ pub struct Flags {
     pub snat_ports: String,
     /// Not `--no-segmenter`.
     pub segmenter: bool,
-    /// `--stats-socket`.
-    pub stats_socket: std::path::PathBuf,
-}
-
-/// One virtual service, validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceSettings {
-    /// Where clients connect.
-    pub listen: SocketAddr,
-    /// Its backends (all of the service's family).
-    pub backends: Vec<SocketAddr>,
-    /// The local address towards them.
-    pub snat: IpAddr,
-    /// Option kind.
-    pub kind: u8,
-    /// Option length (8 for IPv4 clients, 20 for IPv6).
-    pub len: u8,
-}
-
-/// Everything `toa lb` needs, validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
-    /// The services.
-    pub services: Vec<ServiceSettings>,
-    /// Interfaces given (empty: all but loopback).
-    pub ifaces: Vec<String>,
-    /// Packets that carry the option.
-    pub packets: u8,
-    /// Local ports.
-    pub ports: PortRange,
-    /// Create the segmenter.
-    pub segmenter: bool,
-    /// The stats socket.
-    pub stats_socket: std::path::PathBuf,
-}
-
-/// Parses `syn,ack,data,rst`.
-pub fn parse_packets(s: &str) -> Result<u8> {
-    let mut bits = 0;
-    for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        bits |= match p {
-            "syn" => packets::SYN,
-            "ack" => packets::ACK,
-            "data" => packets::DATA,
-            "rst" => packets::RST,
-            other => {
-                return Err(Error::Invalid(format!(
-                    "--toa-packets: unknown packet `{other}` (expected syn, ack, data, rst)"
-                )));
-            }
-        };
-    }
-    if bits == 0 {
-        return Err(Error::Invalid("--toa-packets is empty (expected any of syn, ack, data, rst)".into()));
-    }
-    Ok(bits)
-}
-
-/// Parses `LO-HI`.
-pub fn parse_ports(s: &str) -> Result<PortRange> {
-    let bad =
-        || Error::Invalid(format!("--snat-ports `{s}` is not LO-HI with 1 <= LO <= HI <= 65535 (e.g. 1024-32767)"));
-    let (lo, hi) = s.trim().split_once('-').ok_or_else(bad)?;
-    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-    if lo == 0 || lo > hi {
-        return Err(bad());
-    }
-    Ok(PortRange { lo, hi })
+    /// `--health-interval` (`0s`: no health checks).
+    pub health_interval: String,
 }
 
 impl Flags {
-    /// Validates the flags.
-    pub fn to_settings(&self) -> Result<Settings> {
-        let kind4: Kind4 = self.kind.parse().map_err(|e: Error| Error::Invalid(format!("--kind: {e}")))?;
+    /// The `[lb]` section the flags describe: one service per `--listen`,
+    /// with the backends of its family (and, for an IPv6 service without
+    /// IPv6 backends, the IPv4 ones: NAT64).
+    pub fn to_section(&self) -> Result<LbSection> {
+        let kind: Kind4 = self.kind.parse().map_err(|e: Error| Error::Invalid(format!("--kind: {e}")))?;
         let kind6: Kind6 = self.kind6.parse().map_err(|e: Error| Error::Invalid(format!("--kind6: {e}")))?;
-        let (kind4, kind6) = (kind4.get(), kind6.get());
-        let backends = self.backends.iter().map(|b| parse_addr("backend", b)).collect::<Result<Vec<SocketAddr>>>()?;
+        let toa_packets: LbPackets =
+            self.toa_packets.parse().map_err(|e: Error| Error::Invalid(format!("--toa-packets: {e}")))?;
+        let local_ports: LocalPorts =
+            self.snat_ports.parse().map_err(|e: Error| Error::Invalid(format!("--snat-ports {e}")))?;
+        let health_interval: Duration =
+            self.health_interval.parse().map_err(|e: Error| Error::Invalid(format!("--health-interval: {e}")))?;
+        let backends =
+            self.backends.iter().map(|b| b.parse::<LbBackendConfig>()).collect::<Result<Vec<LbBackendConfig>>>()?;
         let snat = self
             .snat
             .iter()
@@ -122,49 +68,179 @@ impl Flags {
                 a.trim().parse::<IpAddr>().map_err(|_| Error::Invalid(format!("--snat `{a}` is not an IP address")))
             })
             .collect::<Result<Vec<IpAddr>>>()?;
-        let mut services = Vec::new();
+        let mut services: Vec<LbServiceConfig> = Vec::new();
         for l in &self.listen {
             let listen = parse_addr("listen", l)?;
-            if listen.port() == 0 || listen.ip().is_unspecified() {
-                return Err(Error::Invalid(format!(
-                    "--listen {listen}: give the virtual address and port clients connect to"
-                )));
-            }
             let v6 = listen.is_ipv6();
             let family = if v6 { "IPv6" } else { "IPv4" };
-            let own: Vec<SocketAddr> = backends.iter().copied().filter(|b| b.is_ipv6() == v6).collect();
+            let mut own: Vec<LbBackendConfig> = backends.iter().copied().filter(|b| b.addr.is_ipv6() == v6).collect();
+            if own.is_empty() && v6 {
+                own = backends.iter().copied().filter(|b| b.addr.is_ipv4()).collect();
+            }
             if own.is_empty() {
                 return Err(Error::Invalid(format!(
                     "--listen {listen} has no {family} backend (give --backend ADDR:PORT; backends serve the services of their family)"
                 )));
             }
-            let Some(local) = snat.iter().copied().find(|a| a.is_ipv6() == v6) else {
-                return Err(Error::Invalid(format!("--listen {listen} needs an {family} --snat address")));
-            };
+            let need6 = own.iter().any(|b| b.addr.is_ipv6());
+            let local: Vec<IpAddr> = snat.iter().copied().filter(|a| a.is_ipv6() == need6).collect();
+            if local.is_empty() {
+                let fam = if need6 { "IPv6" } else { "IPv4" };
+                return Err(Error::Invalid(format!("--listen {listen} needs an {fam} --snat address")));
+            }
             if snat.contains(&listen.ip()) {
                 return Err(Error::Invalid(format!(
                     "--snat {}: the local address must differ from the virtual one",
                     listen.ip()
                 )));
             }
-            if services.iter().any(|s: &ServiceSettings| s.listen == listen) {
+            if services.iter().any(|s| s.listen == listen) {
                 return Err(Error::Invalid(format!("--listen {listen} is given twice")));
             }
-            let (kind, len) = if v6 { (kind6, 20) } else { (kind4, 8) };
-            services.push(ServiceSettings { listen, backends: own, snat: local, kind, len });
+            let mut svc = LbServiceConfig::new(listen, own, local);
+            svc.kind = kind;
+            svc.kind6 = kind6;
+            svc.toa_packets = toa_packets;
+            svc.health.interval = health_interval;
+            services.push(svc);
         }
-        if let Some(b) = backends.iter().find(|b| !services.iter().any(|s| s.listen.is_ipv6() == b.is_ipv6())) {
-            return Err(Error::Invalid(format!("--backend {b} serves no --listen of its address family")));
+        if let Some(b) = backends.iter().find(|b| !services.iter().any(|s| s.backends.iter().any(|o| o.addr == b.addr)))
+        {
+            return Err(Error::Invalid(format!("--backend {} serves no --listen of its address family", b.addr)));
         }
-        Ok(Settings {
-            services,
-            ifaces: self.ifaces.clone(),
-            packets: parse_packets(&self.toa_packets)?,
-            ports: parse_ports(&self.snat_ports)?,
+        let section = LbSection {
+            interfaces: self.ifaces.clone(),
+            local_ports,
             segmenter: self.segmenter,
-            stats_socket: self.stats_socket.clone(),
-        })
+            services,
+            ..LbSection::default()
+        };
+        section.check()?;
+        Ok(section)
     }
+}
+
+/// One virtual service, resolved for this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSettings {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Its backends (of the service's family, or IPv4 ones for an IPv6
+    /// service: NAT64).
+    pub backends: Vec<LbBackendConfig>,
+    /// The local address towards its IPv4 backends on this node.
+    pub local4: Option<IpAddr>,
+    /// The local address towards its IPv6 backends on this node.
+    pub local6: Option<IpAddr>,
+    /// Option kind.
+    pub kind: u8,
+    /// Option length (8 for IPv4 clients, 20 for IPv6).
+    pub len: u8,
+    /// Packets that carry the option.
+    pub packets: u8,
+    /// Health checks.
+    pub health: HealthConfig,
+}
+
+impl ServiceSettings {
+    /// The local address towards `backend` on this node.
+    pub fn local_for(&self, backend: &SocketAddr) -> Option<IpAddr> {
+        if backend.is_ipv6() { self.local6 } else { self.local4 }
+    }
+}
+
+/// Everything `toa lb` needs, validated and resolved for this node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// The section it came from.
+    pub section: LbSection,
+    /// The services.
+    pub services: Vec<ServiceSettings>,
+}
+
+impl Settings {
+    /// Local ports.
+    pub fn ports(&self) -> PortRange {
+        self.section.local_ports.0
+    }
+
+    /// The stats socket.
+    pub fn stats_socket(&self) -> &PathBuf {
+        &self.section.stats_socket
+    }
+
+    /// Resolves a checked section for a node whose own addresses are `own`:
+    /// each service's local address of a family is the first of its `local`
+    /// list that is one of `own`, or the only one of that family listed.
+    pub fn resolve(section: &LbSection, own: &[IpAddr]) -> Result<Settings> {
+        let mut services = Vec::new();
+        for s in &section.services {
+            let pick = |v6: bool| -> Result<Option<IpAddr>> {
+                if !s.backends.iter().any(|b| b.addr.is_ipv6() == v6) {
+                    return Ok(None);
+                }
+                let of_family: Vec<IpAddr> = s.local.iter().copied().filter(|a| a.is_ipv6() == v6).collect();
+                if let Some(a) = of_family.iter().find(|a| own.contains(a)) {
+                    return Ok(Some(*a));
+                }
+                match of_family.as_slice() {
+                    [only] => Ok(Some(*only)),
+                    list => Err(Error::Invalid(format!(
+                        "service {}: none of the local addresses {} is an address of this node (each node uses its own; see `ip addr`)",
+                        s.listen,
+                        list.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    ))),
+                }
+            };
+            let v6 = s.listen.is_ipv6();
+            services.push(ServiceSettings {
+                listen: s.listen,
+                backends: s.backends.clone(),
+                local4: pick(false)?,
+                local6: pick(true)?,
+                kind: if v6 { s.kind6.get() } else { s.kind.get() },
+                len: if v6 { 20 } else { 8 },
+                packets: s.toa_packets.0,
+                health: s.health,
+            });
+        }
+        Ok(Settings { section: section.clone(), services })
+    }
+}
+
+/// The addresses of this network namespace's interfaces (`getifaddrs`).
+pub fn own_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return out;
+    }
+    let mut p = list;
+    while !p.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*p };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr whose family tells its type.
+            match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+                libc::AF_INET => {
+                    // SAFETY: an AF_INET sockaddr.
+                    let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    out.push(IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()));
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: an AF_INET6 sockaddr.
+                    let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    out.push(IpAddr::from(a.sin6_addr.s6_addr));
+                }
+                _ => {}
+            }
+        }
+        p = ifa.ifa_next;
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    out
 }
 
 #[cfg(test)]
@@ -182,29 +258,59 @@ mod tests {
             toa_packets: "ack,data".into(),
             snat_ports: "1024-32767".into(),
             segmenter: true,
-            stats_socket: DEFAULT_STATS_SOCKET.into(),
+            health_interval: "0s".into(),
         }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
     }
 
     #[test]
     fn services_by_family() {
-        let s = args(
+        let section = args(
             &["10.0.0.1:80", "[2001:db8::1]:80"],
-            &["10.0.1.2:8080", "[2001:db8:1::2]:8080", "10.0.1.3:8080"],
+            &["10.0.1.2:8080", "[2001:db8:1::2]:8080", "10.0.1.3:8080,weight=2"],
             &["10.0.1.1", "2001:db8:1::1"],
         )
-        .to_settings()
+        .to_section()
         .expect("valid");
+        let s = Settings::resolve(&section, &[]).expect("resolves");
         assert_eq!(s.services.len(), 2);
         assert_eq!(s.services[0].backends.len(), 2);
+        assert_eq!(s.services[0].backends[1].weight, 2);
         assert_eq!((s.services[0].kind, s.services[0].len), (254, 8));
         assert_eq!((s.services[1].kind, s.services[1].len), (253, 20));
-        assert_eq!(s.services[1].snat, "2001:db8:1::1".parse::<IpAddr>().expect("ip"));
+        assert_eq!(s.services[1].local6, Some(ip("2001:db8:1::1")));
+        assert_eq!(s.services[1].local4, None);
+    }
+
+    #[test]
+    fn an_ipv6_service_with_only_ipv4_backends_is_nat64() {
+        let section = args(&["[2001:db8::1]:80"], &["10.0.1.2:8080"], &["10.0.1.1"]).to_section().expect("valid");
+        let s = Settings::resolve(&section, &[]).expect("resolves");
+        assert_eq!((s.services[0].kind, s.services[0].len), (253, 20), "an IPv6 client's option");
+        assert_eq!(s.services[0].local4, Some(ip("10.0.1.1")));
+    }
+
+    #[test]
+    fn each_node_takes_its_own_local_address() {
+        let mut section =
+            args(&["10.0.0.1:80"], &["10.0.1.2:8080"], &["10.0.1.11", "10.0.1.12"]).to_section().expect("ok");
+        let a = Settings::resolve(&section, &[ip("10.0.1.11")]).expect("node a");
+        let b = Settings::resolve(&section, &[ip("127.0.0.1"), ip("10.0.1.12")]).expect("node b");
+        assert_eq!(a.services[0].local4, Some(ip("10.0.1.11")));
+        assert_eq!(b.services[0].local4, Some(ip("10.0.1.12")));
+        let e = Settings::resolve(&section, &[ip("10.0.1.13")]).expect_err("neither");
+        assert!(e.to_string().contains("none of the local addresses 10.0.1.11, 10.0.1.12"), "{e}");
+        section.services[0].local = vec![ip("10.0.1.11")];
+        let c = Settings::resolve(&section, &[]).expect("a single one is used as is");
+        assert_eq!(c.services[0].local4, Some(ip("10.0.1.11")));
     }
 
     #[test]
     fn refusals_name_the_flag() {
-        let cases: [(Flags, &str); 7] = [
+        let cases: [(Flags, &str); 8] = [
             (args(&["nowhere"], &["10.0.1.2:80"], &["10.0.1.1"]), "listen `nowhere`"),
             (args(&["10.0.0.1:80"], &[], &["10.0.1.1"]), "no IPv4 backend"),
             (args(&["10.0.0.1:80"], &["10.0.1.2:80"], &["2001:db8::1"]), "needs an IPv4 --snat"),
@@ -212,24 +318,25 @@ mod tests {
             (args(&["10.0.0.1:80"], &["10.0.1.2:80"], &["x"]), "--snat `x`"),
             (args(&["0.0.0.0:80"], &["10.0.1.2:80"], &["10.0.1.1"]), "virtual address"),
             (args(&["10.0.0.1:80"], &["10.0.1.2:80"], &["10.0.0.1"]), "must differ"),
+            (args(&["10.0.0.1:80"], &["10.0.1.2:80,weight=0"], &["10.0.1.1"]), "weight 0"),
         ];
         for (a, needle) in cases {
-            let e = a.to_settings().expect_err(needle).to_string();
+            let e = a.to_section().expect_err(needle).to_string();
             assert!(e.contains(needle), "{e}");
         }
         let mut a = args(&["10.0.0.1:80"], &["10.0.1.2:80"], &["10.0.1.1"]);
         a.kind = "7".into();
-        assert!(a.to_settings().is_err());
+        assert!(a.to_section().is_err());
+        let mut a = args(&["10.0.0.1:80"], &["10.0.1.2:80"], &["10.0.1.1"]);
+        a.snat_ports = "9-2".into();
+        assert!(a.to_section().expect_err("ports").to_string().contains("--snat-ports"));
+        a.snat_ports = "1024-32767".into();
+        a.toa_packets = "fin".into();
+        assert!(a.to_section().expect_err("packets").to_string().contains("unknown packet `fin`"));
     }
 
     #[test]
-    fn packets_and_ports() {
-        assert_eq!(parse_packets("ack,data").expect("ok"), packets::DEFAULT);
-        assert_eq!(parse_packets("syn,rst").expect("ok"), packets::SYN | packets::RST);
-        assert!(parse_packets("").is_err() && parse_packets("fin").is_err());
-        assert_eq!(parse_ports("2000-3000").expect("ok"), PortRange { lo: 2000, hi: 3000 });
-        for bad in ["0-10", "10-5", "x", "1-70000"] {
-            assert!(parse_ports(bad).is_err(), "{bad}");
-        }
+    fn own_addresses_include_loopback() {
+        assert!(own_addresses().contains(&ip("127.0.0.1")));
     }
 }
