@@ -458,6 +458,37 @@ pub fn parse(packet: &[u8]) -> Option<Segment> {
     })
 }
 
+/// The IP packets (IPv4 and IPv6) of a pcap file captured on an Ethernet
+/// link, in order; nothing for a file shorter than its header or of another
+/// link type. A record cut short by a capture still being written ends the list.
+pub fn pcap_ip_packets(bytes: &[u8]) -> Vec<Vec<u8>> {
+    const FILE_HEADER: usize = 24;
+    const RECORD_HEADER: usize = 16;
+    const ETHERNET: u32 = 1;
+    if bytes.len() < FILE_HEADER {
+        return Vec::new();
+    }
+    let le = bytes[..4] == [0xd4, 0xc3, 0xb2, 0xa1];
+    let u32_at = |i: usize| {
+        let a = [bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]];
+        if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
+    };
+    if u32_at(20) != ETHERNET {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut i = FILE_HEADER;
+    while i + RECORD_HEADER <= bytes.len() {
+        let caplen = u32_at(i + 8) as usize;
+        let data = &bytes[i + RECORD_HEADER..(i + RECORD_HEADER + caplen).min(bytes.len())];
+        if data.len() > 14 && matches!(data[12..14], [0x08, 0x00] | [0x86, 0xdd]) {
+            out.push(data[14..].to_vec());
+        }
+        i += RECORD_HEADER + caplen;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -104,7 +104,7 @@ impl Capture {
     /// The TCP segments captured so far (the file as written up to now).
     fn segments_so_far(&self) -> Vec<packet::Segment> {
         let bytes = std::fs::read(&self.file).unwrap_or_default();
-        pcap_ip_packets(&bytes).iter().filter_map(|p| packet::parse(p)).collect()
+        packet::pcap_ip_packets(&bytes).iter().filter_map(|p| packet::parse(p)).collect()
     }
 
     /// Stops tcpdump once `done` holds for the segments written, and returns them.
@@ -115,29 +115,6 @@ impl Capture {
         let _ = std::fs::remove_file(&self.file);
         segs
     }
-}
-
-/// A pcap file's IP packets (link type Ethernet).
-fn pcap_ip_packets(bytes: &[u8]) -> Vec<Vec<u8>> {
-    if bytes.len() < 24 {
-        return Vec::new();
-    }
-    let le = bytes[..4] == [0xd4, 0xc3, 0xb2, 0xa1];
-    let u32_at = |b: &[u8], i: usize| {
-        let a = [b[i], b[i + 1], b[i + 2], b[i + 3]];
-        if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
-    };
-    let mut out = Vec::new();
-    let mut i = 24;
-    while i + 16 <= bytes.len() {
-        let caplen = u32_at(bytes, i + 8) as usize;
-        let data = &bytes[i + 16..(i + 16 + caplen).min(bytes.len())];
-        if data.len() > 14 && matches!(data[12..14], [0x08, 0x00] | [0x86, 0xdd]) {
-            out.push(data[14..].to_vec());
-        }
-        i += 16 + caplen;
-    }
-    out
 }
 
 fn v4(s: &str) -> Vec<u8> {

@@ -108,28 +108,6 @@ fn an_unmodified_http_server_logs_the_clients_own_ipv4_and_ipv6_address() {
     agent.stop();
 }
 
-/// A pcap file's packets (link type Ethernet), as IP packets.
-fn pcap_ip_packets(bytes: &[u8]) -> Vec<Vec<u8>> {
-    assert!(bytes.len() >= 24, "short pcap");
-    let le = bytes[..4] == [0xd4, 0xc3, 0xb2, 0xa1];
-    let u32_at = |b: &[u8], i: usize| {
-        let a = [b[i], b[i + 1], b[i + 2], b[i + 3]];
-        if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
-    };
-    assert_eq!(u32_at(bytes, 20), 1, "link type Ethernet");
-    let mut out = Vec::new();
-    let mut i = 24;
-    while i + 16 <= bytes.len() {
-        let caplen = u32_at(bytes, i + 8) as usize;
-        let data = &bytes[i + 16..(i + 16 + caplen).min(bytes.len())];
-        if data.len() > 14 && matches!(data[12..14], [0x08, 0x00] | [0x86, 0xdd]) {
-            out.push(data[14..].to_vec());
-        }
-        i += 16 + caplen;
-    }
-    out
-}
-
 #[test]
 #[ignore = "needs root: BPF, network namespaces, cgroups"]
 fn a_capture_on_the_backend_shows_the_option_in_the_handshake_ack_in_every_form() {
@@ -167,7 +145,7 @@ fn a_capture_on_the_backend_shows_the_option_in_the_handshake_ack_in_every_form(
         if bytes.len() < 24 {
             return 0;
         }
-        pcap_ip_packets(&bytes)
+        packet::pcap_ip_packets(&bytes)
             .iter()
             .filter_map(|p| packet::parse(p))
             .filter(|s| s.dst.port() == 8080 && s.has(packet::FIN))
@@ -176,7 +154,7 @@ fn a_capture_on_the_backend_shows_the_option_in_the_handshake_ack_in_every_form(
     eventually("tcpdump to write the four connections", Duration::from_secs(10), || fins() >= 4);
     dump.terminate();
     let dump_log = dump.lines_so_far(Stream::Stderr).join("; ");
-    let packets = pcap_ip_packets(&std::fs::read(&pcap).expect("read pcap"));
+    let packets = packet::pcap_ip_packets(&std::fs::read(&pcap).expect("read pcap"));
     let _ = std::fs::remove_file(&pcap);
     let from_proxy: Vec<packet::Segment> = packets
         .iter()
