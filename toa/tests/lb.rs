@@ -599,6 +599,61 @@ c.close()
 print("closed", flush=True)
 "#;
 
+/// One connection from the client to the virtual address `vip` through the
+/// forwarder, to a backend on `port` that resets it when told: what an ICMP
+/// error about it has to quote (the forwarder's local port, the client's next
+/// sequence number as the backend's wire shows it).
+struct ResetFlow {
+    backend: Spawned,
+    cli: Spawned,
+    lb: LbProc,
+    lport: u16,
+    next_seq: u32,
+    /// The source of the client's byte on the backend's wire.
+    data_src: std::net::SocketAddr,
+}
+
+impl ResetFlow {
+    fn start(line: &Line, port: u16, vip: &str) -> ResetFlow {
+        let mut backend = {
+            let mut cmd = command_in(Some(&line.srv.path()), Some(line.srv_cg.path()), "python3");
+            cmd.args(["-u", "-c", RESET_SERVER, &port.to_string()]);
+            let mut p = integration_test::process::spawn_with_stdin(cmd);
+            p.wait_for_line(Stream::Stdout, |l| l == "listening", READY);
+            p
+        };
+        let lb = start_lb(line, port, &[]);
+        let cap = Capture::start(&line.srv, SRV_IF, &format!("tcp port {port}"));
+        let mut cli = {
+            let mut cmd = command_in(Some(&line.cli.path()), None, "python3");
+            cmd.args(["-u", "-c", RESET_CLIENT, vip, "80"]);
+            spawn(cmd)
+        };
+        cli.wait_for_line(Stream::Stdout, |l| l.starts_with("port "), READY);
+        let lport: u16 = backend
+            .wait_for_line(Stream::Stdout, |l| l.starts_with("peer "), READY)
+            .trim_start_matches("peer ")
+            .parse()
+            .expect("a port");
+        // The quoted sequence number must be one the client has in flight or
+        // next: the one after its byte, as the backend's wire shows.
+        let segs = cap.finish("the client's byte on the backend's wire", |s| {
+            s.iter().any(|g| g.src.port() == lport && g.payload.len() == 1)
+        });
+        let data = segs.iter().find(|g| g.src.port() == lport && g.payload.len() == 1).expect("data");
+        ResetFlow { backend, cli, lb, lport, next_seq: data.seq.wrapping_add(1), data_src: data.src }
+    }
+
+    /// The backend resets the connection; returns once the client saw the reset.
+    fn reset(mut self) -> LbProc {
+        use std::io::Write as _;
+        writeln!(self.backend.stdin(), "go").expect("write");
+        self.backend.wait_for_line(Stream::Stdout, |l| l == "closed", READY);
+        self.cli.wait_for_line(Stream::Stdout, |l| l == "reset", READY);
+        self.lb
+    }
+}
+
 /// Sends an ICMP "fragmentation needed" (MTU 1400) to the forwarder's local
 /// address, quoting its packet to the backend. argv: SNAT LPORT BACKEND BPORT SEQ.
 const FRAG_NEEDED: &str = r#"
@@ -623,49 +678,17 @@ print("sent", flush=True)
 fn icmp_fragmentation_needed_and_a_reset_from_the_backend_side_reach_the_client_translated() {
     require_root();
     let line = Line::new(Offloads::Default);
-    let mut backend = {
-        let mut cmd = command_in(Some(&line.srv.path()), Some(line.srv_cg.path()), "python3");
-        cmd.args(["-u", "-c", RESET_SERVER, "9300"]);
-        let mut p = integration_test::process::spawn_with_stdin(cmd);
-        p.wait_for_line(Stream::Stdout, |l| l == "listening", READY);
-        p
-    };
-    let lb = start_lb(&line, 9300, &[]);
-    let cap = Capture::start(&line.srv, SRV_IF, "tcp port 9300");
-    let mut cli = {
-        let mut cmd = command_in(Some(&line.cli.path()), None, "python3");
-        cmd.args(["-u", "-c", RESET_CLIENT, VIP4, "80"]);
-        spawn(cmd)
-    };
-    cli.wait_for_line(Stream::Stdout, |l| l.starts_with("port "), READY);
-    let lport: u16 = backend
-        .wait_for_line(Stream::Stdout, |l| l.starts_with("peer "), READY)
-        .trim_start_matches("peer ")
-        .parse()
-        .expect("a port");
-    // The quoted sequence number must be one the client has in flight or
-    // next: the one after its byte, as the backend's wire shows.
-    let segs = cap.finish("the client's byte on the backend's wire", |s| {
-        s.iter().any(|g| g.src.port() == lport && g.payload.len() == 1)
-    });
-    let data = segs.iter().find(|g| g.src.port() == lport && g.payload.len() == 1).expect("data");
-    let next = data.seq.wrapping_add(1).to_string();
-    let out = run_in(
-        Some(&line.srv.path()),
-        None,
-        &["python3", "-c", FRAG_NEEDED, SNAT4, &lport.to_string(), SRV4, "9300", &next],
-    );
+    let flow = ResetFlow::start(&line, 9300, VIP4);
+    let (lport, next) = (flow.lport.to_string(), flow.next_seq.to_string());
+    let out = run_in(Some(&line.srv.path()), None, &["python3", "-c", FRAG_NEEDED, SNAT4, &lport, SRV4, "9300", &next]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    eventually("the translated ICMP error", Duration::from_secs(10), || lb.counter("icmp_translated") == 1);
+    eventually("the translated ICMP error", Duration::from_secs(10), || flow.lb.counter("icmp_translated") == 1);
     // The client learnt the path MTU to the virtual address, less the option.
     eventually("the client's path MTU to the virtual address", Duration::from_secs(10), || {
         line.cli.output(&["ip", "-4", "route", "get", VIP4]).contains("mtu 1392")
     });
     // The backend resets the connection: the client sees the reset.
-    use std::io::Write as _;
-    writeln!(backend.stdin(), "go").expect("write");
-    backend.wait_for_line(Stream::Stdout, |l| l == "closed", READY);
-    cli.wait_for_line(Stream::Stdout, |l| l == "reset", READY);
+    let lb = flow.reset();
     assert!(lb.counter("packets_out") >= 2, "the SYN-ACK and the RST went back");
 }
 
@@ -688,49 +711,20 @@ print("sent", flush=True)
 fn icmpv6_packet_too_big_reaches_the_ipv6_client_translated_with_the_mtu_less_the_option() {
     require_root();
     let line = Line::new(Offloads::Default);
-    let mut backend = {
-        let mut cmd = command_in(Some(&line.srv.path()), Some(line.srv_cg.path()), "python3");
-        cmd.args(["-u", "-c", RESET_SERVER, "9301"]);
-        let mut p = integration_test::process::spawn_with_stdin(cmd);
-        p.wait_for_line(Stream::Stdout, |l| l == "listening", READY);
-        p
-    };
-    let lb = start_lb(&line, 9301, &[]);
-    let cap = Capture::start(&line.srv, SRV_IF, "tcp port 9301");
-    let mut cli = {
-        let mut cmd = command_in(Some(&line.cli.path()), None, "python3");
-        cmd.args(["-u", "-c", RESET_CLIENT, VIP6, "80"]);
-        spawn(cmd)
-    };
-    cli.wait_for_line(Stream::Stdout, |l| l.starts_with("port "), READY);
-    let lport: u16 = backend
-        .wait_for_line(Stream::Stdout, |l| l.starts_with("peer "), READY)
-        .trim_start_matches("peer ")
-        .parse()
-        .expect("a port");
-    let segs = cap.finish("the client's byte on the backend's wire", |s| {
-        s.iter().any(|g| g.src.port() == lport && g.payload.len() == 1)
-    });
-    let data = segs.iter().find(|g| g.src.port() == lport && g.payload.len() == 1).expect("data");
-    assert!(data.src.is_ipv6(), "{data:?}");
-    let next = data.seq.wrapping_add(1).to_string();
+    let flow = ResetFlow::start(&line, 9301, VIP6);
+    assert!(flow.data_src.is_ipv6(), "{:?}", flow.data_src);
+    let (lport, next) = (flow.lport.to_string(), flow.next_seq.to_string());
     assert!(!line.cli.output(&["ip", "-6", "route", "get", VIP6]).contains("mtu "), "no path MTU learnt before");
-    let out = run_in(
-        Some(&line.srv.path()),
-        None,
-        &["python3", "-c", PACKET_TOO_BIG, SNAT6, &lport.to_string(), SRV6, "9301", &next],
-    );
+    let out =
+        run_in(Some(&line.srv.path()), None, &["python3", "-c", PACKET_TOO_BIG, SNAT6, &lport, SRV6, "9301", &next]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    eventually("the translated ICMPv6 error", Duration::from_secs(10), || lb.counter("icmp_translated") == 1);
+    eventually("the translated ICMPv6 error", Duration::from_secs(10), || flow.lb.counter("icmp_translated") == 1);
     // The client learnt the path MTU to the virtual address, less the
     // 20-byte option of an IPv6 client.
     eventually("the client's path MTU to the virtual address", Duration::from_secs(10), || {
         line.cli.output(&["ip", "-6", "route", "get", VIP6]).contains("mtu 1380")
     });
-    use std::io::Write as _;
-    writeln!(backend.stdin(), "go").expect("write");
-    backend.wait_for_line(Stream::Stdout, |l| l == "closed", READY);
-    cli.wait_for_line(Stream::Stdout, |l| l == "reset", READY);
+    flow.reset();
 }
 
 #[test]
