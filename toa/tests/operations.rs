@@ -8,11 +8,13 @@ mod common;
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
-use common::{AgentProc, Lab, PEER_SERVER, READY, TOA, attached_to, require_root, start_injector, toa};
+use common::{
+    AgentProc, Lab, PEER_SERVER, PinsGuard, READY, TOA, attached_to, require_root, start_injector, toa, unique_pins,
+};
 use integration_test::{
     cgroup::Cgroup,
     netns::unique_name,
@@ -190,21 +192,6 @@ fn kill9(proc: &mut Spawned) {
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(proc.pid(), libc::SIGKILL) };
     proc.wait_exit(READY);
-}
-
-fn unique_pins() -> PathBuf {
-    PathBuf::from(format!("/sys/fs/bpf/{}", unique_name("toa-test", 40)))
-}
-
-/// Removes a pin directory left by a test that panicked (detaching its programs).
-struct PinsGuard(PathBuf);
-
-impl Drop for PinsGuard {
-    fn drop(&mut self) {
-        if self.0.exists() {
-            let _ = toa(&["detach", "--pin-dir", &self.0.to_string_lossy()]);
-        }
-    }
 }
 
 /// The ids of the programs bpftool lists as attached to a cgroup.

@@ -13,7 +13,7 @@ use std::{
     process::Output,
 };
 
-use common::{Lab, READY, TOA, attached_to, require_root, start_injector, stderr_lines, toa};
+use common::{Lab, PinsGuard, READY, TOA, attached_to, require_root, start_injector, stderr_lines, toa, unique_pins};
 use integration_test::{
     bpf::Program,
     cgroup::Cgroup,
@@ -108,22 +108,6 @@ for line in sys.stdin:
 
 fn send(proc: &mut Spawned, line: &str) {
     writeln!(proc.stdin(), "{line}").and_then(|()| proc.stdin().flush()).expect("writing to a helper's stdin");
-}
-
-fn unique_pins() -> PathBuf {
-    PathBuf::from(format!("/sys/fs/bpf/{}", unique_name("toa-test", 40)))
-}
-
-/// Removes a pin directory a test left (detaching toa's programs), whatever it holds.
-struct PinsGuard(PathBuf);
-
-impl Drop for PinsGuard {
-    fn drop(&mut self) {
-        if self.0.exists() {
-            let _ = toa(&["detach", "--pin-dir", &self.0.to_string_lossy()]);
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 /// A directory under the temporary directory, removed on drop.

@@ -539,6 +539,24 @@ except (ConnectionError, BrokenPipeError) as e:
 print("refused", flush=True)
 "#;
 
+/// A fresh pin directory name under /sys/fs/bpf, unique to this test.
+pub fn unique_pins() -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/{}", unique_name("toa-test", 40)))
+}
+
+/// Removes a receiver pin directory a test left, whatever it holds: toa's
+/// programs detached (`toa detach`), then the directory itself.
+pub struct PinsGuard(pub PathBuf);
+
+impl Drop for PinsGuard {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = toa(&["detach", "--pin-dir", &self.0.to_string_lossy()]);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// A unique pin directory on bpffs for one `toa lb`, removed on drop (with
 /// anything left in it).
 #[derive(Debug)]
